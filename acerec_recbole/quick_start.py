@@ -1,0 +1,63 @@
+"""One training + evaluation run through RecBole's own pipeline (used by the CLI, benchmark and tests)."""
+
+from __future__ import annotations
+
+import time
+from logging import getLogger
+from typing import Any
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_logger, init_seed
+
+from acerec_recbole.config import Config
+
+
+def run(
+    model: str | type | None = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    cmd_args: list[str] | None = None,
+    saved: bool = True,
+) -> dict[str, Any]:
+    """Train, select on validation, test. Mirrors ``recbole.quick_start.run_recbole``.
+
+    Returns the validation/test metrics plus what a benchmark needs: the config, the trained model,
+    the checkpoint path and wall times.
+    """
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    started = time.perf_counter()
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    data_seconds = time.perf_counter() - started
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    recommender = config.model_class(config, train_data.dataset).to(config["device"])
+    logger.info(recommender)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    started = time.perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.perf_counter() - started
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    return {
+        "config": config,
+        "model": recommender,
+        "trainer": trainer,
+        "model_file": trainer.saved_model_file if saved else None,
+        "best_valid_score": best_valid_score,
+        "best_valid_result": dict(best_valid_result),
+        "test_result": dict(test_result),
+        "data_seconds": data_seconds,
+        "train_seconds": train_seconds,
+    }
