@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 
-MODELS: dict[str, type] = {}
+from acerec_recbole.model.acerec import ACERec
+from acerec_recbole.model.rpg import RPG
+
+MODELS: dict[str, type] = {"ACERec": ACERec, "RPG": RPG}
 
 
 def register_with_recbole() -> None:

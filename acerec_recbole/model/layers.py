@@ -1,0 +1,259 @@
+"""Reusable layers for semantic-ID recommenders (ACERec, RPG).
+
+Shapes: m = digits per item, M = codes per digit, d = hidden size, k = latents per item.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SemanticTokenEmbedding(nn.Module):
+    """One learned vector per (digit, code) pair: an (m * M) x d table, used at input and tied output."""
+
+    def __init__(self, num_digits: int, codebook_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.num_digits, self.codebook_size = num_digits, codebook_size
+        self.weight = nn.Parameter(torch.randn(num_digits * codebook_size, hidden_size) * 0.02)
+        self.register_buffer("digit_offsets", torch.arange(num_digits) * codebook_size, persistent=False)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., m) codes -> (..., m, d) token embeddings."""
+        return F.embedding(codes + self.digit_offsets, self.weight)
+
+    def table(self) -> torch.Tensor:
+        """(m, M, d) view of the vocabulary, for the output heads."""
+        return self.weight.view(self.num_digits, self.codebook_size, -1)
+
+
+class ItemSummary(nn.Module):
+    """s_i = LayerNorm(MLP(mean of the item's token embeddings)): the item-level semantic vector."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mean = tokens.mean(dim=-2)
+        return self.norm(mean + self.mlp(mean))
+
+
+class AttentiveTokenMerger(nn.Module):
+    """ATM: k item-conditioned queries cross-attend over the item's m tokens -> k latents.
+
+    Queries = learned base queries + a linear map of the item summary (initialised small, so items
+    do not all look alike early in training). Keys/values carry a learned per-digit position.
+    """
+
+    def __init__(
+        self, num_digits: int, num_latents: int, hidden_size: int, num_heads: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by merger_heads={num_heads}.")
+        self.num_latents, self.num_heads, self.dropout = num_latents, num_heads, dropout
+        self.base_queries = nn.Parameter(torch.randn(num_latents, hidden_size) * 0.02)
+        self.query_from_summary = nn.Linear(hidden_size, num_latents * hidden_size)
+        nn.init.normal_(self.query_from_summary.weight, std=0.02)
+        nn.init.zeros_(self.query_from_summary.bias)
+        self.digit_position = nn.Parameter(torch.randn(num_digits, hidden_size) * 0.02)
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.norm_attn = nn.LayerNorm(hidden_size)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, 2 * hidden_size), nn.GELU(), nn.Linear(2 * hidden_size, hidden_size)
+        )
+        self.norm_ffn = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """tokens (U, m, d), summary (U, d) -> latents (U, k, d)."""
+        n, m, d = tokens.shape
+        h, k = self.num_heads, self.num_latents
+        queries = self.base_queries + self.query_from_summary(summary).view(n, k, d)
+        q = self.q_proj(queries).view(n, k, h, d // h).transpose(1, 2)
+        key, value = self.kv_proj(tokens + self.digit_position).view(n, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, key, value, dropout_p=self.dropout if self.training else 0.0)
+        latents = self.norm_attn(queries + self.out_proj(attended.transpose(1, 2).reshape(n, k, d)))
+        return self.norm_ffn(latents + self.ffn(latents))
+
+
+class MeanMerger(nn.Module):
+    """Ablation: k latents = means of k consecutive digit groups (k = 1 is RPG's mean pooling)."""
+
+    def __init__(self, num_digits: int, num_latents: int) -> None:
+        super().__init__()
+        if num_digits % num_latents:
+            raise ValueError(f"merger=mean needs sid_num_digits={num_digits} divisible by num_latents={num_latents}.")
+        self.num_latents = num_latents
+
+    def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        n, m, d = tokens.shape
+        return tokens.view(n, self.num_latents, m // self.num_latents, d).mean(dim=2)
+
+
+class MLPMerger(nn.Module):
+    """Ablation: a position-aware MLP from the flattened m tokens to k latents."""
+
+    def __init__(self, num_digits: int, num_latents: int, hidden_size: int) -> None:
+        super().__init__()
+        self.num_latents = num_latents
+        self.proj = nn.Sequential(nn.Linear(num_digits * hidden_size, num_latents * hidden_size), nn.GELU())
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[0]
+        return self.norm(self.proj(tokens.reshape(n, -1)).view(n, self.num_latents, -1))
+
+
+class ConvMerger(nn.Module):
+    """Ablation: a strided 1-D convolution over the digit axis (kernel = stride = m / k)."""
+
+    def __init__(self, num_digits: int, num_latents: int, hidden_size: int) -> None:
+        super().__init__()
+        if num_digits % num_latents:
+            raise ValueError(f"merger=conv needs sid_num_digits={num_digits} divisible by num_latents={num_latents}.")
+        width = num_digits // num_latents
+        self.conv = nn.Conv1d(hidden_size, hidden_size, kernel_size=width, stride=width)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(tokens.transpose(1, 2)).transpose(1, 2))
+
+
+def build_merger(kind: str, num_digits: int, num_latents: int, hidden_size: int, num_heads: int, dropout: float):
+    """The ``merger`` switch of ACERec: attn (ATM) | mean | mlp | conv."""
+    if kind == "attn":
+        return AttentiveTokenMerger(num_digits, num_latents, hidden_size, num_heads, dropout)
+    if kind == "mean":
+        return MeanMerger(num_digits, num_latents)
+    if kind == "mlp":
+        return MLPMerger(num_digits, num_latents, hidden_size)
+    if kind == "conv":
+        return ConvMerger(num_digits, num_latents, hidden_size)
+    raise ValueError(f"merger='{kind}' is not one of attn, mean, mlp, conv.")
+
+
+def block_causal_mask(num_blocks: int, block_size: int, anchor_is_separate: bool) -> torch.Tensor:
+    """Boolean (T, T) attention mask, True = query (row) may attend to key (column), T = num_blocks * block_size.
+
+    No position sees a later block. Inside a block the latents see each other; with a separate anchor
+    (the Intent Token, last slot), the anchor sees its block's latents but the latents do not see it.
+    block_size = 1 gives the ordinary causal mask.
+    """
+    positions = torch.arange(num_blocks * block_size)
+    block, slot = positions // block_size, positions % block_size
+    earlier_block = block[None, :] < block[:, None]
+    same_block = block[None, :] == block[:, None]
+    if anchor_is_separate:
+        anchor = block_size - 1
+        within = same_block & ((slot[None, :] != anchor) | (slot[:, None] == anchor))
+    else:
+        within = same_block
+    return earlier_block | within
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN Transformer layer on ``scaled_dot_product_attention`` (fused kernels, incl. on CPU).
+
+    ``dropout`` acts on the residual branches, ``attn_dropout`` on attention weights (RecBole's
+    hidden_dropout_prob / attn_dropout_prob). Attention-weight dropout forces the unfused kernel on CPU.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by n_heads={num_heads}.")
+        self.num_heads, self.attn_dropout = num_heads, attn_dropout
+        self.norm_attn = nn.LayerNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.norm_ffn = nn.LayerNorm(hidden_size)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, inner_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_size, hidden_size)
+        )
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d); allowed (T, T) boolean, True = may attend."""
+        batch, length, d = x.shape
+        q, k, v = self.qkv(self.norm_attn(x)).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        x = x + self.residual_dropout(self.out_proj(attended.transpose(1, 2).reshape(batch, length, d)))
+        return x + self.residual_dropout(self.ffn(self.norm_ffn(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of TransformerBlocks sharing one attention mask."""
+
+    def __init__(
+        self, num_layers: int, hidden_size: int, num_heads: int, inner_size: int, dropout: float, attn_dropout: float
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerBlock(hidden_size, num_heads, inner_size, dropout, attn_dropout) for _ in range(num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, allowed)
+        return x
+
+
+class ParallelDigitHeads(nn.Module):
+    """m heads g_k(x) = x + SiLU(W_k x), W_k zero-initialised; logit_k(v) = cos(g_k(x), e_{k,v}) / gamma."""
+
+    def __init__(self, num_digits: int, hidden_size: int, temperature: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_digits, hidden_size, hidden_size))
+        self.temperature = temperature
+
+    def forward(self, hidden: torch.Tensor, token_table: torch.Tensor) -> torch.Tensor:
+        """hidden (N, d), token_table (m, M, d) -> logits (N, m, M)."""
+        projected = hidden.unsqueeze(1) + F.silu(torch.einsum("nd,kde->nke", hidden, self.weight))
+        cosine = torch.einsum("nkd,kvd->nkv", F.normalize(projected, dim=-1), F.normalize(token_table, dim=-1))
+        return cosine / self.temperature
+
+
+def multi_token_prediction_loss(logits: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+    """Mean over digits (and positions) of the M-way cross-entropy: logits (N, m, M), targets (N, m)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_codes.reshape(-1))
+
+
+def intent_semantic_alignment_loss(
+    intents: torch.Tensor,
+    candidate_summaries: torch.Tensor,
+    target_index: torch.Tensor,
+    popularity_bias: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """In-batch contrastive loss between intent states and the summaries of the true next items.
+
+    ``candidate_summaries`` are the batch's *unique* target items (so duplicates of the positive are
+    never negatives); phi(h, s_j) = cos(h, s_j) / tau - b_j with b_j the popularity correction.
+    """
+    cosine = F.normalize(intents, dim=-1) @ F.normalize(candidate_summaries, dim=-1).T
+    return F.cross_entropy(cosine / temperature - popularity_bias, target_index)
+
+
+def popularity_bias(item_counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """b_j = beta * log f_j / max log f (items never seen in training count as f = 1, i.e. no bias)."""
+    log_freq = item_counts.clamp(min=1).float().log()
+    return beta * log_freq / log_freq.max().clamp(min=1e-12)
+
+
+def holistic_scores(digit_log_probs: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
+    """Exact catalogue scores: score[b, j] = sum_k log p_k(C[j, k] | user b).
+
+    digit_log_probs (B, m, M), item_codes (n_items, m) -> (B, n_items). Loops over digits, so memory is
+    two (B, n_items) buffers whatever m is; never materialises B x n_items x m.
+    """
+    scores = digit_log_probs.new_zeros(digit_log_probs.shape[0], item_codes.shape[0])
+    for digit in range(item_codes.shape[1]):
+        scores += digit_log_probs[:, digit].index_select(1, item_codes[:, digit])
+    return scores
