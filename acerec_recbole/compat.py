@@ -6,9 +6,12 @@ exists; delete a patch when the RecBole release we pin no longer needs it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import sys
 import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -45,30 +48,42 @@ def _stub_ray_if_unimportable() -> None:
         sys.modules["ray.tune"] = tune
 
 
-class _TorchWithTrustedLoad(types.ModuleType):
-    """The torch module as seen by RecBole's checkpoint code, with ``weights_only=False`` loading.
+@contextlib.contextmanager
+def _torch_load_trusting_recbole() -> Iterator[None]:
+    """Inside: ``torch.load`` defaults to ``weights_only=False`` (an explicit argument still wins)."""
+    original = torch.load
 
-    torch >= 2.6 defaults ``torch.load(weights_only=True)``, which refuses RecBole's own checkpoints
-    (they pickle a Config). Only RecBole's modules that reload their own files get this view.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("torch")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
     def load(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("weights_only", False)
-        return torch.load(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _trusting(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _torch_load_trusting_recbole():
+            return function(*args, **kwargs)
+
+    wrapper.__acerec_trusting__ = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _trust_recbole_checkpoints() -> None:
-    trusted = _TorchWithTrustedLoad()
-    for module_name in ("recbole.trainer.trainer", "recbole.quick_start.quick_start"):
-        module = importlib.import_module(module_name)
-        module.torch = trusted  # type: ignore[attr-defined]
+    # torch >= 2.6 defaults torch.load(weights_only=True), which refuses RecBole's own checkpoints (they
+    # pickle a Config). Only the RecBole functions that reload checkpoints RecBole itself wrote are wrapped.
+    import recbole.quick_start
+    import recbole.quick_start.quick_start as quick_start
+    from recbole.trainer import Trainer
+
+    for owner, name in ((Trainer, "evaluate"), (Trainer, "resume_checkpoint"), (quick_start, "load_data_and_model")):
+        setattr(owner, name, _trusting(getattr(owner, name)))
+    recbole.quick_start.load_data_and_model = quick_start.load_data_and_model
 
 
 def _undo_sine_anomaly_detection() -> None:

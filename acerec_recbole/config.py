@@ -26,11 +26,13 @@ def get_model_class(name: str) -> type:
         return MODELS[name]
     try:
         return get_recbole_model(name)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:
+        # RecBole's look-up ends in its exlib package, whose import needs lightgbm/xgboost: an unknown
+        # name then surfaces as an ImportError of an unrelated library.
         known = ", ".join(sorted(MODELS))
         raise ValueError(
-            f"Unknown model '{name}': not one of this package's models ({known}) nor in RecBole's zoo. "
-            "Check the spelling (names are case-sensitive, e.g. SASRec)."
+            f"Unknown model '{name}': not one of this package's models ({known}) nor in RecBole's zoo "
+            f"({type(err).__name__}: {err}). Check the spelling (names are case-sensitive, e.g. SASRec)."
         ) from err
 
 

