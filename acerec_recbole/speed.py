@@ -1,0 +1,116 @@
+"""Training and scoring cost, measured side by side in one process (ratios are what to compare).
+
+    python -m acerec_recbole.speed --dataset=amazon2014-beauty --data_path=../shared/data \
+        --models=ACERec,RPG,SASRec --hidden_size=64 [--config_files=...] [--key=value ...]
+    python -m acerec_recbole.speed --catalogue_items=1000000      # exact scorer on a synthetic catalogue
+
+For each model: one full training epoch through RecBole's Trainer (same data, same hidden size), then
+full-sort evaluation of the validation users through RecBole's evaluator (users/second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from typing import Any
+
+import torch
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure_model(model: str, dataset: str, config_files: list[str] | None, overrides: list[str]) -> dict[str, Any]:
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_trainer, init_logger, init_seed
+
+    from acerec_recbole.config import Config
+
+    config = Config(model, dataset, config_files, {"show_progress": False}, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    started = time.perf_counter()
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    data_seconds = time.perf_counter() - started
+    recommender = config.model_class(config, train_data.dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+
+    started = time.perf_counter()
+    loss = trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
+    epoch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+    eval_seconds = time.perf_counter() - started
+    users = len(valid_data.uid_list) if hasattr(valid_data, "uid_list") else len(valid_data.dataset)
+    return {
+        "model": model,
+        "hidden_size": config["hidden_size"],
+        "params": sum(p.numel() for p in recommender.parameters()),
+        "train_samples": len(train_data.dataset),
+        "batch_size": config["train_batch_size"],
+        "seconds_per_epoch": round(epoch_seconds, 1),
+        "loss_after_epoch": round(float(loss if not isinstance(loss, tuple) else sum(loss)), 2),
+        "full_sort_users_per_s": round(users / eval_seconds, 1),
+        "valid_ndcg@10_after_1_epoch": result.get("ndcg@10"),
+        "data_seconds": round(data_seconds, 1),
+        "peak_rss_gib": round(peak_rss_gib(), 2),
+    }
+
+
+def measure_catalogue(n_items: int, num_digits: int, codebook_size: int, batch: int) -> dict[str, Any]:
+    """Exact scoring of a synthetic catalogue: time and peak memory of ``holistic_scores``."""
+    from acerec_recbole.model.layers import holistic_scores
+
+    codes = torch.randint(0, codebook_size, (n_items, num_digits))
+    log_probs = torch.log_softmax(torch.randn(batch, num_digits, codebook_size), dim=-1)
+    before = peak_rss_gib()
+    started = time.perf_counter()
+    scores = holistic_scores(log_probs, codes)
+    top = scores.topk(10, dim=1)
+    seconds = time.perf_counter() - started
+    naive_gib = batch * n_items * num_digits * 4 / 2**30
+    return {
+        "items": n_items,
+        "digits": num_digits,
+        "batch_users": batch,
+        "seconds": round(seconds, 2),
+        "users_per_s": round(batch / seconds, 1),
+        "scores_gib": round(scores.numel() * 4 / 2**30, 2),
+        "peak_rss_gib_before": round(before, 2),
+        "peak_rss_gib_after": round(peak_rss_gib(), 2),
+        "naive_batch_x_items_x_m_gib": round(naive_gib, 1),
+        "top1_item_of_user0": int(top.indices[0, 0]),
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--models", default="ACERec,RPG,SASRec")
+    parser.add_argument("--config_files", default=None)
+    parser.add_argument("--catalogue_items", type=int, default=0, help="score a synthetic catalogue instead")
+    parser.add_argument("--digits", type=int, default=32)
+    parser.add_argument("--eval_batch", type=int, default=256)
+    args, overrides = parser.parse_known_args(argv)
+    print(f"torch threads: {torch.get_num_threads()}")
+    if args.catalogue_items:
+        rows = [measure_catalogue(args.catalogue_items, args.digits, 256, args.eval_batch)]
+    else:
+        files = args.config_files.split() if args.config_files else None
+        rows = [measure_model(m, args.dataset, files, overrides) for m in args.models.split(",")]
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
