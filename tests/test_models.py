@@ -11,6 +11,13 @@ from recbole.quick_start import load_data_and_model
 from acerec_recbole import run
 from acerec_recbole.data import TARGET_SEQ_FIELD
 from acerec_recbole.data.dataset import training_windows
+from acerec_recbole.trainer import warmup_cosine
+
+
+def test_warmup_cosine_schedule():
+    factor = warmup_cosine(total_steps=100, warmup_steps=10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
 
 
 def test_training_windows_use_every_target_once_and_cut_long_users():
@@ -97,6 +104,9 @@ def test_run_trains_evaluates_and_checkpoint_round_trips(toy_data, sid_cache, mo
     result = run(model_name, "toyshop", config_dict=toy_config(toy_data, sid_cache, epochs=3))
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert result["test_result"]["recall@10"] > 0
+    trainer = result["trainer"]
+    assert type(trainer).__name__ == "SemanticIDTrainer"  # found by RecBole's own get_trainer
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.5 * result["config"]["learning_rate"]  # cosine decayed
     config, loaded, _, _, _, test_data = load_data_and_model(result["model_file"])
     trained = result["model"].eval()
     loaded.eval()

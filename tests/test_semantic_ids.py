@@ -174,3 +174,22 @@ def test_ml100k_semantic_ids_from_the_recbole_wheel(sid_cache):
     tokens = dataset.field2id_token["item_id"]
     toy_story = int(np.flatnonzero(tokens == "1")[0])
     assert dataset.semantic_ids[toy_story].ne(0).any()
+
+
+def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys):
+    report = semantic_ids.main(
+        [
+            "--dataset=toyshop",
+            "--model=RPG",
+            f"--data_path={toy_data}",
+            f"--sid_cache_dir={sid_cache}",
+            "--sid_num_digits=8",
+            "--sid_codebook_size=16",
+            "--sid_opq_iters=5",
+            "--state=WARNING",
+            "--sid_text_fields=['title', 'categories']",
+            "--load_col={'inter': ['user_id', 'item_id', 'timestamp'], 'item': ['item_id', 'title', 'categories']}",
+        ]
+    )
+    assert report["items"] == 48 and report["codebook_size"] == 16
+    assert '"unique_ids"' in capsys.readouterr().out
