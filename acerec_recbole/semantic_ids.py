@@ -350,7 +350,7 @@ def build_semantic_ids(
     train_ids = train_ids[train_ids > 0]
     train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
-    code_key = _digest("codes-v1", emb_key, quant, train_rows.tolist())
+    code_key = _digest("codes-v2", emb_key, quant, train_rows.tolist())
     started = time.perf_counter()
     text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
     if text_codes is None:
