@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -285,6 +286,7 @@ class ArrayCache:
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shareable
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -293,6 +295,12 @@ class ArrayCache:
 
 
 def _is_writable(directory: Path) -> bool:
+    """Writable, and not a folder marked read-only: honoured even for root, who could write anyway."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not existing.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return False
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):

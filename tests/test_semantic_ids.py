@@ -176,6 +176,19 @@ def test_ml100k_semantic_ids_from_the_recbole_wheel(sid_cache):
     assert dataset.semantic_ids[toy_story].ne(0).any()
 
 
+def test_read_only_data_folder_is_left_untouched(tmp_path, toy_data, monkeypatch, sid_cache):
+    """A data folder without write permission bits gets no cache, even when running as root."""
+    folder = toy_data / "toyshop"
+    monkeypatch.setenv("ACEREC_CACHE", str(tmp_path / "user-cache"))
+    folder.chmod(0o555)
+    try:
+        _, dataset, _, _ = build_pipeline("RPG", toy_data, sid_cache, sid_cache_dir=None)
+    finally:
+        folder.chmod(0o755)
+    assert not (folder / ".semantic_ids").exists()
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir()) == ["codes", "emb"]
+
+
 def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys):
     report = semantic_ids.main(
         [
