@@ -16,6 +16,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging import Logger, getLogger
 from pathlib import Path
@@ -176,7 +177,7 @@ def check_quantiser_settings(dim: int, n_train: int, num_digits: int, codebook_s
     if n_train < codebook_size:
         largest = 1 << max(1, (n_train.bit_length() - 1))
         raise SemanticIDError(
-            f"Only {n_train} distinct training items to learn {codebook_size} codes per digit. "
+            f"Only {n_train} training items to learn {codebook_size} codes per digit. "
             f"Set sid_codebook_size <= {largest} (a power of two) or use more training data."
         )
     return nbits
@@ -279,6 +280,16 @@ class ArrayCache:
             return array
         return None
 
+    def load_or_build(self, name: str, rows: int, cols: int | None, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array, or ``build()`` saved under ``name``."""
+        array = self.load(name, rows, cols)
+        if array is not None:
+            self.logger.info(f"Reusing cached {name}")
+            return array
+        array = build()
+        self.save(name, array)
+        return array
+
     def save(self, name: str, array: np.ndarray) -> Path:
         self.write_dir.mkdir(parents=True, exist_ok=True)
         target = self.write_dir / name
@@ -345,13 +356,12 @@ def build_semantic_ids(
     cache = ArrayCache(_preferred_cache_dir(dataset, settings), user_cache_dir(dataset.dataset_name), logger)
     emb_key = _digest("embeddings-v1", settings.encoder, unique_texts)
     started = time.perf_counter()
-    embeddings = cache.load(f"emb-{emb_key}.npy", len(unique_texts))
-    if embeddings is None:
+
+    def encode() -> np.ndarray:
         logger.info(f"Encoding {len(unique_texts)} item texts with {settings.encoder} ...")
-        embeddings = encode_texts(unique_texts, settings)
-        cache.save(f"emb-{emb_key}.npy", embeddings)
-    else:
-        logger.info(f"Reusing cached embeddings emb-{emb_key}.npy")
+        return encode_texts(unique_texts, settings)
+
+    embeddings = cache.load_or_build(f"emb-{emb_key}.npy", len(unique_texts), None, encode)
     timings["encode"] = time.perf_counter() - started
 
     train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
@@ -360,8 +370,8 @@ def build_semantic_ids(
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
     code_key = _digest("codes-v2", emb_key, quant, train_rows.tolist())
     started = time.perf_counter()
-    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
-    if text_codes is None:
+
+    def quantise() -> np.ndarray:
         if len(train_rows) < 39 * settings.codebook_size:
             logger.info(
                 f"{len(train_rows)} training items for {settings.codebook_size} codes per digit "
@@ -371,12 +381,11 @@ def build_semantic_ids(
             f"Training OPQ (m={settings.num_digits}, M={settings.codebook_size}) on {len(train_rows)} "
             "training items ..."
         )
-        text_codes = opq_codes(
+        return opq_codes(
             embeddings, train_rows, settings.num_digits, settings.codebook_size, settings.seed, settings.opq_iters
         )
-        cache.save(f"codes-{code_key}.npy", text_codes)
-    else:
-        logger.info(f"Reusing cached codes codes-{code_key}.npy")
+
+    text_codes = cache.load_or_build(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits, quantise)
     timings["quantise"] = time.perf_counter() - started
 
     codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
