@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import build_pipeline, toy_config
 from recbole.quick_start import load_data_and_model
+from recbole.utils.case_study import full_sort_topk
 
 from acerec_recbole import run
 from acerec_recbole.data import TARGET_SEQ_FIELD
@@ -114,3 +115,6 @@ def test_run_trains_evaluates_and_checkpoint_round_trips(toy_data, sid_cache, mo
     with torch.no_grad():
         assert torch.equal(trained.full_sort_predict(interaction), loaded.full_sort_predict(interaction))
     assert config["model"] == model_name
+    users = test_data.dataset.inter_feat["user_id"][:3].numpy()
+    scores, items = full_sort_topk(users, loaded, test_data, k=5, device=config["device"])
+    assert items.shape == (3, 5) and bool((scores[:, :-1] >= scores[:, 1:]).all())
