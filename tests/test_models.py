@@ -118,3 +118,13 @@ def test_run_trains_evaluates_and_checkpoint_round_trips(toy_data, sid_cache, mo
     users = test_data.dataset.inter_feat["user_id"][:3].numpy()
     scores, items = full_sort_topk(users, loaded, test_data, k=5, device=config["device"])
     assert items.shape == (3, 5) and bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_per_prefix_batches_train_on_the_last_position(toy_data, sid_cache):
+    """A batch without a target list (RecBole's own per-prefix samples) predicts its item_id from the end."""
+    _, _, (_, valid, _), model = build_pipeline("RPG", toy_data, sid_cache)
+    model.eval()
+    interaction = next(iter(valid))[0]
+    states, targets = model.training_states(interaction)
+    assert targets.equal(interaction["item_id"])
+    assert torch.allclose(states, model.user_states(interaction), atol=1e-6)

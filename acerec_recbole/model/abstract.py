@@ -57,11 +57,11 @@ class SemanticIDRecommender(SequentialRecommender):
 
     # ------------------------------------------------------------------------------------------ training
 
-    def training_positions(self, interaction: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item_seq, item_seq_len, targets) trimmed to the batch's longest sequence.
+    def training_states(self, interaction: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """States (N, d) and next-item targets (N,) at every non-padding training position.
 
-        Targets are per position (whole-sequence windows); batches from RecBole's per-prefix samples
-        (no target list) train on the last position only.
+        The batch is trimmed to its longest sequence first. Targets are per position (whole-sequence
+        windows); batches from RecBole's per-prefix samples (no target list) train on the last position.
         """
         lengths = interaction[self.ITEM_SEQ_LEN]
         longest = int(lengths.max())
@@ -71,7 +71,8 @@ class SemanticIDRecommender(SequentialRecommender):
         else:
             targets = torch.zeros_like(item_seq)
             targets[torch.arange(len(lengths), device=lengths.device), lengths - 1] = interaction[self.POS_ITEM_ID]
-        return item_seq, lengths, targets
+        valid = targets > 0
+        return self.forward(item_seq, lengths)[valid], targets[valid]
 
     def token_loss(self, states: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
         """Multi-token prediction loss of states (N, d) against items (N,)."""

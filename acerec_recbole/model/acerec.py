@@ -88,10 +88,7 @@ class ACERec(SemanticIDRecommender):
         return self.output_norm(x.view(batch, length, self.block_size, self.hidden_size)[:, :, -1])
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
-        item_seq, lengths, targets = self.training_positions(interaction)
-        states = self.forward(item_seq, lengths)
-        valid = targets > 0
-        states, targets = states[valid], targets[valid]
+        states, targets = self.training_states(interaction)
         loss = self.token_loss(states, targets)
         if self.isa_weight > 0:
             candidates, target_index = torch.unique(targets, return_inverse=True)

@@ -38,7 +38,4 @@ class RPG(SemanticIDRecommender):
         return self.output_norm(x)
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
-        item_seq, lengths, targets = self.training_positions(interaction)
-        states = self.forward(item_seq, lengths)
-        valid = targets > 0
-        return self.token_loss(states[valid], targets[valid])
+        return self.token_loss(*self.training_states(interaction))
