@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from logging import getLogger
 from typing import Any
 
@@ -19,6 +20,7 @@ def run(
     config_dict: dict[str, Any] | None = None,
     cmd_args: list[str] | None = None,
     saved: bool = True,
+    trainer_hook: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Train, select on validation, test. Mirrors ``recbole.quick_start.run_recbole``.
 
@@ -42,12 +44,16 @@ def run(
     logger.info(recommender)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    if trainer_hook is not None:
+        trainer_hook(trainer)
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - started
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {
@@ -60,4 +66,6 @@ def run(
         "test_result": dict(test_result),
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
+        "test_seconds": test_seconds,
+        "test_users": len(getattr(test_data, "uid_list", test_data.dataset)),
     }

@@ -41,6 +41,7 @@ class SemanticIDRecommender(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.num_digits = codes.shape[1]
         self.codebook_size = config["sid_codebook_size"]
+        self.train_length_buckets = max(1, int(config["train_length_buckets"] or 1))
         self.register_buffer("item_codes", codes.clone())
         self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
@@ -60,19 +61,31 @@ class SemanticIDRecommender(SequentialRecommender):
     def training_states(self, interaction: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """States (N, d) and next-item targets (N,) at every non-padding training position.
 
-        The batch is trimmed to its longest sequence first. Targets are per position (whole-sequence
-        windows); batches from RecBole's per-prefix samples (no target list) train on the last position.
+        Short and long windows share a batch, so the batch is sorted by length and cut into
+        ``train_length_buckets`` chunks, each trimmed to its own longest sequence: attention cost is
+        quadratic in the padded length, and most windows are short. Nothing in the encoder mixes
+        sequences, so the states equal those of one padded pass. Targets are per position
+        (whole-sequence windows); batches of RecBole's per-prefix samples (no target list) train on
+        the last position.
         """
         lengths = interaction[self.ITEM_SEQ_LEN]
-        longest = int(lengths.max())
-        item_seq = interaction[self.ITEM_SEQ][:, :longest]
+        item_seq = interaction[self.ITEM_SEQ]
         if TARGET_SEQ_FIELD in interaction:
-            targets = interaction[TARGET_SEQ_FIELD][:, :longest]
+            targets = interaction[TARGET_SEQ_FIELD]
         else:
             targets = torch.zeros_like(item_seq)
             targets[torch.arange(len(lengths), device=lengths.device), lengths - 1] = interaction[self.POS_ITEM_ID]
-        valid = targets > 0
-        return self.forward(item_seq, lengths)[valid], targets[valid]
+        order = torch.argsort(lengths, descending=True)
+        width = targets.shape[1]
+        states, positions = [], []
+        for chunk in torch.tensor_split(order, min(self.train_length_buckets, len(order))):
+            longest = int(lengths[chunk[0]])
+            valid = targets[chunk, :longest] > 0
+            states.append(self.forward(item_seq[chunk, :longest], lengths[chunk])[valid])
+            rows, cols = valid.nonzero(as_tuple=True)
+            positions.append(chunk[rows] * width + cols)
+        restore = torch.argsort(torch.cat(positions))  # back to the batch's row-major order
+        return torch.cat(states)[restore], targets.flatten()[torch.cat(positions)[restore]]
 
     def token_loss(self, states: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
         """Multi-token prediction loss of states (N, d) against items (N,)."""

@@ -1,0 +1,384 @@
+"""Side-by-side benchmark: every model through the same RecBole pipeline, several seeds, one results folder.
+
+    python -m acerec_recbole.benchmark --dataset=amazon2014-beauty --data_path=../shared/data \
+        [--models=ACERec,RPG,SASRec] [--seeds=2020,2021] [--profile=cpu|paper] \
+        [--config_files="a.yaml b.yaml"] [--results_dir=results/cpu/amazon2014-beauty] [--key=value ...]
+
+Settings come from ``properties/benchmark/<dataset>.yaml`` (models, seeds and per-profile settings for
+all models and per model); ``--config_files`` and ``--key=value`` apply to every model on top. The
+protocol (leave-one-out, full ranking, Recall/NDCG@5/10, selection on validation NDCG@10) is
+``properties/overall.yaml``'s and is the same for every model.
+
+Each (model, seed) runs in its own process (so peak memory is its own) and writes
+``runs/<model>-seed<seed>/{run.json, config.yaml}`` and ``logs/<model>-seed<seed>.log``. A finished run
+whose settings are unchanged is not run again, so an interrupted benchmark resumes where it stopped;
+``--rerun`` forces it. The summary (``results.md``, ``results.csv``, ``valid_ndcg10.png``) is rebuilt
+from every finished run each time; ``--summarise_only`` rebuilds it without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARK_PROPERTIES = PROJECT_ROOT / "properties" / "benchmark"
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+
+
+# ----------------------------------------------------------------------------------------- run plan
+
+
+def load_plan(dataset: str, profile: str, plan_file: str | None = None) -> dict[str, Any]:
+    """Read the dataset's benchmark yaml: ``models``, ``seeds`` and ``profiles.<profile>.{all, <Model>}``."""
+    path = Path(plan_file) if plan_file else BENCHMARK_PROPERTIES / f"{dataset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in BENCHMARK_PROPERTIES.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"No benchmark settings for dataset '{dataset}': {path} does not exist. Known: {known}. "
+            "Copy one of them (or pass --plan=<file>)."
+        )
+    plan = yaml.safe_load(path.read_text()) or {}
+    profiles = plan.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"{path} has no profile '{profile}'; it has {sorted(profiles)}. Use --profile=<one of them>.")
+    settings = profiles[profile] or {}
+    return {"file": str(path), "models": plan.get("models", []), "seeds": plan.get("seeds", [2020]), **settings}
+
+
+def run_spec(plan: dict[str, Any], model: str, dataset: str, seed: int, config_files: list[str], cmd_args: list[str]):
+    """Everything that determines one run. Its key (settings and config-file contents, not where the
+    files or the data live) decides whether a finished run can be reused."""
+    config_dict = {**(plan.get("all") or {}), **(plan.get(model) or {}), "seed": int(seed), "reproducibility": True}
+    config_dict.setdefault("show_progress", False)
+    cmd_args = [absolute_data_path(arg) for arg in cmd_args]
+    spec = {
+        "model": model,
+        "dataset": dataset,
+        "seed": int(seed),
+        "config_files": [str(Path(f).resolve()) for f in config_files],
+        "config_dict": config_dict,
+        "cmd_args": cmd_args,
+    }
+    identity = {
+        **{k: spec[k] for k in ("model", "dataset", "seed", "config_dict")},
+        "cmd_args": [a for a in cmd_args if not a.startswith("--data_path=")],
+        "config_files": [Path(f).read_text() for f in spec["config_files"]],
+    }
+    spec["key"] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return spec
+
+
+def absolute_data_path(arg: str) -> str:
+    """Runs execute inside the results folder, so a relative --data_path must be made absolute."""
+    if arg.startswith("--data_path="):
+        return "--data_path=" + str(Path(arg.split("=", 1)[1]).expanduser().resolve())
+    return arg
+
+
+def reproduce_command(spec: dict[str, Any]) -> str:
+    """The run_recbole.py command that trains the same run alone."""
+    parts = [f"python run_recbole.py --model={spec['model']} --dataset={spec['dataset']}"]
+    if spec["config_files"]:
+        parts.append('--config_files="' + " ".join(spec["config_files"]) + '"')
+    for key, value in spec["config_dict"].items():
+        if key in ("show_progress", "checkpoint_dir"):
+            continue
+        parts.append(f"--{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    parts.extend(spec["cmd_args"])
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- one run (child)
+
+
+def plain(value: Any) -> Any:
+    """A yaml/json-safe copy of a config value (torch devices, enums and the like become strings)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def run_one(spec_file: Path) -> dict[str, Any]:
+    """Train + test one (model, seed); record per-epoch validation NDCG@10 and times; write run.json."""
+    from acerec_recbole import run
+
+    spec = json.loads(spec_file.read_text())
+    out = spec_file.parent
+    history: list[dict[str, Any]] = []
+
+    def record_epochs(trainer: Any) -> None:
+        train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
+
+        def timed_train(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            loss = train_epoch(*args, **kwargs)
+            history.append({"epoch": len(history) + 1, "train_seconds": time.perf_counter() - started})
+            return loss
+
+        def recorded_valid(*args: Any, **kwargs: Any) -> Any:
+            score, result = valid_epoch(*args, **kwargs)
+            history[-1].update({"valid_score": float(score), **{k: float(v) for k, v in result.items()}})
+            return score, result
+
+        trainer._train_epoch, trainer._valid_epoch = timed_train, recorded_valid
+
+    config_dict = {**spec["config_dict"], "checkpoint_dir": str(out / "saved")}
+    result = run(
+        spec["model"],
+        spec["dataset"],
+        spec["config_files"] or None,
+        config_dict,
+        spec["cmd_args"],
+        trainer_hook=record_epochs,
+    )
+    config = result["config"]
+    (out / "config.yaml").write_text(yaml.safe_dump(plain(config.final_config_dict), sort_keys=True))
+    scored = [h for h in history if "valid_score" in h]
+    best_epoch = max(scored, key=lambda h: h["valid_score"])["epoch"] if scored else None
+    record = {
+        "key": spec["key"],
+        "model": spec["model"],
+        "dataset": spec["dataset"],
+        "seed": spec["seed"],
+        "reproduce": reproduce_command(spec),
+        "params": sum(p.numel() for p in result["model"].parameters()),
+        "hidden_size": config["hidden_size"],
+        "train_batch_size": config["train_batch_size"],
+        "epochs_run": len(history),
+        "epochs_to_best": best_epoch,
+        "seconds_per_epoch": sum(h["train_seconds"] for h in history) / max(len(history), 1),
+        "train_seconds": result["train_seconds"],
+        "data_seconds": result["data_seconds"],
+        "full_sort_users_per_s": result["test_users"] / result["test_seconds"],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "valid": {k: float(v) for k, v in result["best_valid_result"].items()},
+        "test": {k: float(v) for k, v in result["test_result"].items()},
+        "history": history,
+    }
+    write_json(out / "run.json", record)
+    for checkpoint in (out / "saved").glob("*.pth"):  # results keep numbers and configs, not weights
+        checkpoint.unlink()
+    return record
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)  # a killed run never leaves a half-written run.json behind
+
+
+# -------------------------------------------------------------------------------------------- parent
+
+
+def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False) -> list[str]:
+    """Run each spec in its own process unless an identical finished run exists; returns failures."""
+    failures = []
+    (results_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    for index, spec in enumerate(specs, 1):
+        name = f"{spec['model']}-seed{spec['seed']}"
+        out = results_dir / "runs" / name
+        done = out / "run.json"
+        if done.is_file() and not rerun and json.loads(done.read_text()).get("key") == spec["key"]:
+            print(f"[{index}/{len(specs)}] {name}: finished earlier with the same settings, kept", flush=True)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(json.dumps(spec, indent=1))
+        log = results_dir / "logs" / f"{name}.log"
+        print(f"[{index}/{len(specs)}] {name}: training (log: {log})", flush=True)
+        started = time.perf_counter()
+        with open(log, "w") as handle:
+            code = subprocess.call(
+                [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=results_dir,  # RecBole's own log/ folders land beside the results, not in the caller's cwd
+                env=env,
+            )
+        minutes = (time.perf_counter() - started) / 60
+        if code != 0:
+            failures.append(name)
+            tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+            print(f"[{index}/{len(specs)}] {name}: FAILED after {minutes:.1f} min (exit {code}); see {log}:\n{tail}")
+        else:
+            test = json.loads(done.read_text())["test"]
+            print(f"[{index}/{len(specs)}] {name}: {minutes:.1f} min, test NDCG@10 {test['ndcg@10']:.4f}", flush=True)
+    return failures
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(results_dir: Path, models: list[str], title: str) -> list[dict[str, Any]]:
+    """results.csv (one row per seed, then mean and std per model), results.md and the validation plot."""
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("runs/*/run.json"))]
+    runs = [r for r in runs if r["model"] in models]
+    runs.sort(key=lambda r: (models.index(r["model"]), r["seed"]))
+    if not runs:
+        print(f"No finished runs under {results_dir}/runs yet.")
+        return []
+    columns = [
+        "model", "seed", *(f"test_{m}" for m in METRICS), "valid_ndcg@10", "params", "hidden_size",
+        "train_batch_size", "seconds_per_epoch", "epochs_run", "epochs_to_best", "train_minutes",
+        "full_sort_users_per_s", "peak_rss_gib",
+    ]  # fmt: skip
+
+    def row_of(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": r["model"],
+            "seed": r["seed"],
+            **{f"test_{m}": r["test"][m] for m in METRICS},
+            "valid_ndcg@10": r["valid"]["ndcg@10"],
+            "params": r["params"],
+            "hidden_size": r["hidden_size"],
+            "train_batch_size": r["train_batch_size"],
+            "seconds_per_epoch": r["seconds_per_epoch"],
+            "epochs_run": r["epochs_run"],
+            "epochs_to_best": r["epochs_to_best"],
+            "train_minutes": r["train_seconds"] / 60,
+            "full_sort_users_per_s": r["full_sort_users_per_s"],
+            "peak_rss_gib": r["peak_rss_gib"],
+        }
+
+    rows = [row_of(r) for r in runs]
+    summary = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        numeric = [c for c in columns[2:] if all(isinstance(r[c], (int, float)) for r in mine)]
+        stats = {c: mean_std([float(r[c]) for r in mine]) for c in numeric}
+        summary.append({"model": model, "seeds": len(mine), **{c: stats[c] for c in numeric}})
+        rows_mean = {"model": model, "seed": "mean", **{c: stats[c][0] for c in numeric}}
+        rows_std = {"model": model, "seed": "std", **{c: stats[c][1] for c in numeric}}
+        rows.extend([rows_mean, rows_std])
+
+    with open(results_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        per_seed = [r for r in rows if isinstance(r["seed"], int)]
+        aggregates = [r for r in rows if not isinstance(r["seed"], int)]
+        for r in per_seed + aggregates:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+
+    write_markdown(results_dir, title, summary, [r for r in rows if isinstance(r["seed"], int)], runs)
+    plot_validation(results_dir, runs, models)
+    return summary
+
+
+def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed: list[dict], runs: list[dict]):
+    def pm(stat: tuple[float, float], digits: int = 4) -> str:
+        mean, std = stat
+        return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines = [f"# {title}", ""]
+    lines += ["Test metrics at the epoch with the best validation NDCG@10; mean ± sample std over seeds.", ""]
+    lines.append(
+        "| model | seeds | NDCG@10 | Recall@10 | NDCG@5 | Recall@5 | valid NDCG@10 | params | d | batch "
+        "| s/epoch | epochs run (best) | train min | full-sort users/s | peak RSS GiB |"
+    )
+    lines.append("|---" * 15 + "|")
+    for s in summary:
+        lines.append(
+            f"| {s['model']} | {s['seeds']} | {pm(s['test_ndcg@10'])} | {pm(s['test_recall@10'])} "
+            f"| {pm(s['test_ndcg@5'])} | {pm(s['test_recall@5'])} | {pm(s['valid_ndcg@10'])} "
+            f"| {s['params'][0]:,.0f} | {s['hidden_size'][0]:.0f} | {s['train_batch_size'][0]:.0f} "
+            f"| {s['seconds_per_epoch'][0]:.1f} | {s['epochs_run'][0]:.1f} ({s['epochs_to_best'][0]:.1f}) "
+            f"| {s['train_minutes'][0]:.1f} | {s['full_sort_users_per_s'][0]:,.0f} | {s['peak_rss_gib'][0]:.2f} |"
+        )
+    lines += ["", "## Per seed", ""]
+    lines.append("| model | seed | NDCG@10 | Recall@10 | NDCG@5 | Recall@5 | valid NDCG@10 | epochs (best) |")
+    lines.append("|---" * 8 + "|")
+    for r in per_seed:
+        lines.append(
+            f"| {r['model']} | {r['seed']} | {r['test_ndcg@10']:.4f} | {r['test_recall@10']:.4f} "
+            f"| {r['test_ndcg@5']:.4f} | {r['test_recall@5']:.4f} | {r['valid_ndcg@10']:.4f} "
+            f"| {r['epochs_run']} ({r['epochs_to_best']}) |"
+        )
+    lines += ["", "## Reproduce one row", ""]
+    lines += [f"- {r['model']} seed {r['seed']}: `{r['reproduce']}`" for r in runs]
+    lines += ["", "Full resolved configs: `runs/<model>-seed<seed>/config.yaml`; training logs: `logs/`.", ""]
+    (results_dir / "results.md").write_text("\n".join(lines))
+
+
+def plot_validation(results_dir: Path, runs: list[dict[str, Any]], models: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for run in runs:
+        points = [(h["epoch"], h["ndcg@10"]) for h in run["history"] if "ndcg@10" in h]
+        if not points:
+            continue
+        colour = colours[models.index(run["model"]) % len(colours)]
+        first = run is next(r for r in runs if r["model"] == run["model"])
+        axis.plot(*zip(*points), marker="o", markersize=3, color=colour, label=run["model"] if first else None)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation NDCG@10")
+    axis.set_title(f"{runs[0]['dataset']}: validation NDCG@10 per epoch (one line per seed)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(results_dir / "valid_ndcg10.png", dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--models", default=None, help="comma-separated; default: the benchmark yaml's list")
+    parser.add_argument("--seeds", default=None, help="comma-separated; default: the benchmark yaml's list")
+    parser.add_argument("--profile", default="cpu", help="profile in the benchmark yaml (cpu | paper)")
+    parser.add_argument("--plan", default=None, help="benchmark yaml (default properties/benchmark/<dataset>.yaml)")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files applied to every model")
+    parser.add_argument("--results_dir", default=None, help="default results/<profile>/<dataset>")
+    parser.add_argument("--rerun", action="store_true", help="train again even if an identical run finished")
+    parser.add_argument("--summarise_only", action="store_true", help="rebuild the tables and plot, train nothing")
+    parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # internal: one run in this process
+    args, overrides = parser.parse_known_args(argv)
+
+    if args.run_spec:
+        run_one(Path(args.run_spec).resolve())
+        return []
+    if not args.dataset:
+        parser.error("--dataset is required (e.g. --dataset=amazon2014-beauty)")
+    plan = load_plan(args.dataset, args.profile, args.plan)
+    models = args.models.split(",") if args.models else list(plan["models"])
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [int(s) for s in plan["seeds"]]
+    results_dir = Path(args.results_dir or PROJECT_ROOT / "results" / args.profile / args.dataset).resolve()
+    config_files = args.config_files.split() if args.config_files else []
+    specs = [run_spec(plan, m, args.dataset, s, config_files, overrides) for s in seeds for m in models]
+    print(f"benchmark: {args.dataset}, profile {args.profile} ({plan['file']}), models {models}, seeds {seeds}")
+    print(f"results: {results_dir}", flush=True)
+    failures = [] if args.summarise_only else run_all(specs, results_dir, args.rerun)
+    summary = summarise(results_dir, models, f"{args.dataset}: {args.profile} profile")
+    if failures:
+        print(f"Failed runs (see their logs): {failures}")
+        raise SystemExit(1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The benchmark command end to end on the generated dataset: runs, resume, reproducibility, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+from conftest import toy_config
+
+from acerec_recbole import benchmark
+
+
+@pytest.fixture()
+def plan_file(toy_data, sid_cache, tmp_path):
+    shared = toy_config(toy_data, sid_cache, epochs=2)
+    shared.pop("seed")
+    plan = {
+        "models": ["RPG", "SASRec"],
+        "seeds": [3, 4],
+        "profiles": {"cpu": {"all": shared, "SASRec": {"hidden_size": 16, "inner_size": 32}}},
+    }
+    path = tmp_path / "toyshop.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}"]
+    summary = benchmark.main(argv)
+
+    assert [s["model"] for s in summary] == ["RPG", "SASRec"] and all(s["seeds"] == 2 for s in summary)
+    for name in ("RPG-seed3", "RPG-seed4", "SASRec-seed3", "SASRec-seed4"):
+        record = json.loads((results / "runs" / name / "run.json").read_text())
+        assert record["epochs_run"] == len(record["history"]) == 2
+        assert all("ndcg@10" in h for h in record["history"])
+        assert record["full_sort_users_per_s"] > 0 and record["peak_rss_gib"] > 0
+        config = yaml.safe_load((results / "runs" / name / "config.yaml").read_text())
+        assert config["seed"] == record["seed"] and config["model"] == record["model"]
+        assert not list((results / "runs" / name / "saved").glob("*.pth"))
+        assert (results / "logs" / f"{name}.log").stat().st_size > 0
+    assert config["hidden_size"] == 16  # the per-model section reached SASRec only
+    assert json.loads((results / "runs/RPG-seed3/run.json").read_text())["hidden_size"] == 32
+
+    with open(results / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("RPG", "3"), ("RPG", "4"), ("SASRec", "3"), ("SASRec", "4"),
+        ("RPG", "mean"), ("RPG", "std"), ("SASRec", "mean"), ("SASRec", "std"),
+    ]  # fmt: skip
+    per_seed = [float(r["test_ndcg@10"]) for r in rows[:2]]
+    assert float(rows[4]["test_ndcg@10"]) == pytest.approx(sum(per_seed) / 2, rel=1e-4)
+    markdown = (results / "results.md").read_text()
+    assert "| RPG | 2 |" in markdown and "python run_recbole.py --model=SASRec" in markdown
+    assert (results / "valid_ndcg10.png").read_bytes()[:4] == b"\x89PNG"
+
+    # unchanged settings: kept, not trained again
+    before = (results / "runs/RPG-seed3/run.json").read_text()
+    capsys.readouterr()
+    benchmark.main(argv + ["--models=RPG", "--seeds=3"])
+    assert "finished earlier with the same settings, kept" in capsys.readouterr().out
+    # forced rerun: the same seed gives the same numbers
+    benchmark.main(argv + ["--models=RPG", "--seeds=3", "--rerun"])
+    again = json.loads((results / "runs/RPG-seed3/run.json").read_text())
+    assert again["test"] == json.loads(before)["test"]
+    assert [h["ndcg@10"] for h in again["history"]] == [h["ndcg@10"] for h in json.loads(before)["history"]]
+
+
+def test_benchmark_errors_name_the_missing_file_or_profile(plan_file):
+    with pytest.raises(FileNotFoundError, match="No benchmark settings for dataset 'nowhere'"):
+        benchmark.main(["--dataset=nowhere"])
+    with pytest.raises(ValueError, match="no profile 'gpu'"):
+        benchmark.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=gpu"])
