@@ -185,13 +185,14 @@ def check_quantiser_settings(dim: int, n_train: int, num_digits: int, codebook_s
 
 def opq_codes(
     embeddings: np.ndarray, train_rows: np.ndarray, num_digits: int, codebook_size: int, seed: int, opq_iters: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, OPQQuantiser]:
     """Train OPQ (rotation + product quantiser) on ``embeddings[train_rows]``; encode every row.
 
     OPQ by alternation (Ge et al., 2013): PQ k-means in the rotated space, then the orthogonal
     Procrustes rotation that best maps the data onto its reconstruction. The PQ is faiss's; the
     rotation loop is ours because faiss's OPQMatrix hard-codes 8-bit inner codebooks (>= 256 training
-    points) and crashes when given its own ProductQuantizer.
+    points) and crashes when given its own ProductQuantizer. Returns the codes and the trained
+    quantiser (which encodes items added later into the same code space).
     """
     dim = embeddings.shape[1]
     nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
@@ -206,8 +207,56 @@ def opq_codes(
         rotation = (left @ right).astype(np.float32)
     pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=25)
     pq.train(np.ascontiguousarray(train @ rotation))
-    packed = pq.compute_codes(np.ascontiguousarray(embeddings.astype(np.float32) @ rotation))
-    return unpack_codes(packed, num_digits, nbits)
+    import faiss
+
+    centroids = faiss.vector_to_array(pq.centroids).reshape(num_digits, codebook_size, dim // num_digits)
+    quantiser = OPQQuantiser(rotation, centroids)
+    return quantiser.encode(embeddings), quantiser
+
+
+@dataclass(frozen=True)
+class OPQQuantiser:
+    """A trained OPQ: ``rotation`` (dim, dim), applied as x @ rotation, and PQ ``centroids`` (m, M, dim / m).
+
+    Stored beside the codes and inside model checkpoints, so that items added after training get
+    codes in the same space without retraining anything.
+    """
+
+    rotation: np.ndarray
+    centroids: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.rotation.shape[0]
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, dim) embeddings -> (n, m) int64 codes, with faiss's PQ encoder."""
+        import faiss
+
+        num_digits, codebook_size, _ = self.centroids.shape
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise SemanticIDError(
+                f"Embeddings of dimension {embeddings.shape[-1]} cannot be quantised by a quantiser trained on "
+                f"dimension {self.dim}: encode new items with the run's own text encoder (sid_text_encoder)."
+            )
+        nbits = int(codebook_size).bit_length() - 1
+        pq = faiss.ProductQuantizer(self.dim, num_digits, nbits)
+        faiss.copy_array_to_vector(np.ascontiguousarray(self.centroids, dtype=np.float32).ravel(), pq.centroids)
+        rotated = np.ascontiguousarray(embeddings.astype(np.float32) @ self.rotation)
+        return unpack_codes(pq.compute_codes(rotated), num_digits, nbits)
+
+    def to_array(self) -> np.ndarray:
+        """One (dim + M, dim) float32 array: the rotation, then row j = code j of every digit side by side."""
+        num_digits, codebook_size, sub_dim = self.centroids.shape
+        by_code = self.centroids.transpose(1, 0, 2).reshape(codebook_size, num_digits * sub_dim)
+        return np.concatenate([self.rotation, by_code]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, num_digits: int) -> OPQQuantiser:
+        dim = array.shape[1]
+        by_code = np.asarray(array[dim:], dtype=np.float32)
+        centroids = by_code.reshape(len(by_code), num_digits, dim // num_digits).transpose(1, 0, 2)
+        return cls(np.asarray(array[:dim], dtype=np.float32), np.ascontiguousarray(centroids))
 
 
 def _product_quantiser(dim: int, num_digits: int, nbits: int, seed: int, kmeans_iters: int) -> Any:
@@ -334,8 +383,8 @@ def _digest(*parts: Any) -> str:
 
 def build_semantic_ids(
     dataset: Any, train_item_ids: np.ndarray, settings: SemanticIDSettings, logger: Logger | None = None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Codes for every item of ``dataset`` (row 0 = padding, all zeros) and a report.
+) -> tuple[np.ndarray, dict[str, Any], OPQQuantiser]:
+    """Codes for every item of ``dataset`` (row 0 = padding, all zeros), a report and the quantiser.
 
     The quantiser is trained on the items in ``train_item_ids`` (internal ids) only.
     """
@@ -368,10 +417,15 @@ def build_semantic_ids(
     train_ids = train_ids[train_ids > 0]
     train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
-    code_key = _digest("codes-v2", emb_key, quant, train_rows.tolist())
+    code_key = _digest("codes-v3", emb_key, quant, train_rows.tolist())
     started = time.perf_counter()
-
-    def quantise() -> np.ndarray:
+    dim = embeddings.shape[1]
+    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
+    stored = cache.load(f"opq-{code_key}.npy", dim + settings.codebook_size, dim)
+    if text_codes is not None and stored is not None:
+        logger.info(f"Reusing cached codes-{code_key}.npy and its quantiser")
+        quantiser = OPQQuantiser.from_array(stored, settings.num_digits)
+    else:
         if len(train_rows) < 39 * settings.codebook_size:
             logger.info(
                 f"{len(train_rows)} training items for {settings.codebook_size} codes per digit "
@@ -381,11 +435,11 @@ def build_semantic_ids(
             f"Training OPQ (m={settings.num_digits}, M={settings.codebook_size}) on {len(train_rows)} "
             "training items ..."
         )
-        return opq_codes(
+        text_codes, quantiser = opq_codes(
             embeddings, train_rows, settings.num_digits, settings.codebook_size, settings.seed, settings.opq_iters
         )
-
-    text_codes = cache.load_or_build(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits, quantise)
+        cache.save(f"opq-{code_key}.npy", quantiser.to_array())
+        cache.save(f"codes-{code_key}.npy", text_codes)
     timings["quantise"] = time.perf_counter() - started
 
     codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
@@ -401,7 +455,7 @@ def build_semantic_ids(
         f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
-    return codes, report
+    return codes, report, quantiser
 
 
 def user_cache_dir(dataset_name: str) -> Path:

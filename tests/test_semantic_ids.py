@@ -41,18 +41,31 @@ def test_opq_is_deterministic_and_uses_all_codes():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(600, 64)).astype(np.float32)
     train_rows = np.arange(500)
-    a = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
-    b = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
+    a, _ = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
+    b, _ = opq_codes(embeddings, train_rows, num_digits=8, codebook_size=64, seed=1, opq_iters=3)
     assert a.shape == (600, 8) and a.dtype == np.int64
     assert np.array_equal(a, b)
     assert a.min() >= 0 and a.max() < 64
     assert all(len(np.unique(a[:, k])) > 48 for k in range(8))
 
 
+@pytest.mark.parametrize("codebook_size", [16, 64])
+def test_stored_quantiser_encodes_exactly_like_training(codebook_size):
+    """The quantiser kept for new items (flattened to one array and back) reproduces every trained code."""
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(400, 32)).astype(np.float32)
+    codes, quantiser = opq_codes(embeddings, np.arange(300), 4, codebook_size, seed=0, opq_iters=2)
+    restored = semantic_ids.OPQQuantiser.from_array(quantiser.to_array(), num_digits=4)
+    assert np.array_equal(restored.encode(embeddings), codes)  # rows 300+ were never seen in training
+    assert np.allclose(restored.rotation @ restored.rotation.T, np.eye(32), atol=1e-4)
+    with pytest.raises(semantic_ids.SemanticIDError, match="dimension 16 cannot be quantised"):
+        restored.encode(embeddings[:, :16])
+
+
 def test_sub_byte_codebooks_unpack_to_valid_codes():
     rng = np.random.default_rng(1)
     embeddings = rng.normal(size=(300, 32)).astype(np.float32)
-    codes = opq_codes(embeddings, np.arange(300), num_digits=4, codebook_size=16, seed=0, opq_iters=2)
+    codes, _ = opq_codes(embeddings, np.arange(300), num_digits=4, codebook_size=16, seed=0, opq_iters=2)
     assert codes.max() < 16 and len(np.unique(codes[:, 0])) > 8
 
 
@@ -61,7 +74,7 @@ def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     _, first, _, _ = build_pipeline("RPG", data, cache)
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 2 and {f.split("-")[0] for f in files} == {"emb", "codes"}
+    assert len(files) == 3 and {f.split("-")[0] for f in files} == {"emb", "codes", "opq"}
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("cache should have been reused")
@@ -186,7 +199,36 @@ def test_read_only_data_folder_is_left_untouched(tmp_path, toy_data, monkeypatch
     finally:
         folder.chmod(0o755)
     assert not (folder / ".semantic_ids").exists()
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir()) == ["codes", "emb"]
+    written = sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir())
+    assert written == ["codes", "emb", "opq"]
+
+
+def test_read_only_cache_dir_is_read_but_never_written(tmp_path, toy_data, monkeypatch):
+    """An explicit sid_cache_dir that became read-only: its files are reused as they are; anything new goes
+    to the user cache; nothing in the read-only folder changes."""
+    cache = tmp_path / "cache"
+    _, first, _, _ = build_pipeline("RPG", toy_data, cache)
+    snapshot = {p.name: p.read_bytes() for p in cache.iterdir()}
+    monkeypatch.setenv("ACEREC_CACHE", str(tmp_path / "user-cache"))
+    encode, quantise = semantic_ids.encode_texts, semantic_ids.opq_codes
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the read-only cache should have been reused")
+
+    cache.chmod(0o555)
+    try:
+        monkeypatch.setattr(semantic_ids, "encode_texts", must_not_run)
+        monkeypatch.setattr(semantic_ids, "opq_codes", must_not_run)
+        _, again, _, _ = build_pipeline("RPG", toy_data, cache)
+        monkeypatch.setattr(semantic_ids, "opq_codes", quantise)
+        _, reseeded, _, _ = build_pipeline("RPG", toy_data, cache, sid_seed=99)  # new codes, same embeddings
+    finally:
+        cache.chmod(0o755)
+        monkeypatch.setattr(semantic_ids, "encode_texts", encode)
+    assert again.semantic_ids.equal(first.semantic_ids)
+    assert not reseeded.semantic_ids.equal(first.semantic_ids)
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == snapshot
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir()) == ["codes", "opq"]
 
 
 def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys):

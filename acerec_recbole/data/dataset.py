@@ -18,7 +18,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from acerec_recbole.semantic_ids import SemanticIDSettings, build_semantic_ids
+from acerec_recbole.semantic_ids import OPQQuantiser, SemanticIDSettings, build_semantic_ids
 
 # Per-position next-item targets of a training window (same layout as ITEM_SEQ, 0 = padding).
 TARGET_SEQ_FIELD = "target_item_id_list"
@@ -28,12 +28,13 @@ class SemanticIDDataset(SequentialDataset):
     """SequentialDataset whose items carry semantic IDs (``semantic_ids``: n_items x m, row 0 = padding).
 
     Also provides ``item_train_counts`` (occurrences of each item in the training sequences), used for
-    popularity correction.
+    popularity correction, and ``semantic_quantiser``, which gives items added after training their codes.
     """
 
     semantic_ids: torch.Tensor
     item_train_counts: torch.Tensor
     semantic_id_report: dict[str, Any]
+    semantic_quantiser: OPQQuantiser
 
     def build(self) -> list[SequentialDataset]:
         datasets = super().build()
@@ -41,7 +42,8 @@ class SemanticIDDataset(SequentialDataset):
         sequences = user_training_sequences(train)
         train_items = np.concatenate(list(sequences.values())) if sequences else np.zeros(0, dtype=np.int64)
 
-        codes, report = build_semantic_ids(self, train_items, SemanticIDSettings.from_config(self.config), self.logger)
+        settings = SemanticIDSettings.from_config(self.config)
+        codes, report, quantiser = build_semantic_ids(self, train_items, settings, self.logger)
         counts = np.bincount(train_items, minlength=self.item_num)[: self.item_num]
         windows = training_windows(
             sequences,
@@ -63,6 +65,7 @@ class SemanticIDDataset(SequentialDataset):
             part.semantic_ids = torch.as_tensor(codes, dtype=torch.long)
             part.item_train_counts = torch.as_tensor(counts, dtype=torch.long)
             part.semantic_id_report = report
+            part.semantic_quantiser = quantiser
         return datasets
 
 

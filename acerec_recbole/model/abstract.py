@@ -43,6 +43,8 @@ class SemanticIDRecommender(SequentialRecommender):
         self.codebook_size = config["sid_codebook_size"]
         self.train_length_buckets = max(1, int(config["train_length_buckets"] or 1))
         self.register_buffer("item_codes", codes.clone())
+        # the trained OPQ travels with the checkpoint: items added after training get codes from it
+        self.register_buffer("sid_quantiser", torch.as_tensor(dataset.semantic_quantiser.to_array()))
         self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
 
