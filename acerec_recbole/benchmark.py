@@ -290,6 +290,9 @@ def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed:
         mean, std = stat
         return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
+    def mean(summary_row: dict, key: str, spec: str) -> str:  # "-" where a model has no such figure (Pop: no d)
+        return format(summary_row[key][0], spec) if key in summary_row else "-"
+
     lines = [f"# {title}", ""]
     lines += ["Test metrics at the epoch with the best validation NDCG@10; mean ± sample std over seeds.", ""]
     lines.append(
@@ -301,9 +304,10 @@ def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed:
         lines.append(
             f"| {s['model']} | {s['seeds']} | {pm(s['test_ndcg@10'])} | {pm(s['test_recall@10'])} "
             f"| {pm(s['test_ndcg@5'])} | {pm(s['test_recall@5'])} | {pm(s['valid_ndcg@10'])} "
-            f"| {s['params'][0]:,.0f} | {s['hidden_size'][0]:.0f} | {s['train_batch_size'][0]:.0f} "
-            f"| {s['seconds_per_epoch'][0]:.1f} | {s['epochs_run'][0]:.1f} ({s['epochs_to_best'][0]:.1f}) "
-            f"| {s['train_minutes'][0]:.1f} | {s['full_sort_users_per_s'][0]:,.0f} | {s['peak_rss_gib'][0]:.2f} |"
+            f"| {mean(s, 'params', ',.0f')} | {mean(s, 'hidden_size', '.0f')} | {mean(s, 'train_batch_size', '.0f')} "
+            f"| {mean(s, 'seconds_per_epoch', '.1f')} | {mean(s, 'epochs_run', '.1f')} "
+            f"({mean(s, 'epochs_to_best', '.1f')}) | {mean(s, 'train_minutes', '.1f')} "
+            f"| {mean(s, 'full_sort_users_per_s', ',.0f')} | {mean(s, 'peak_rss_gib', '.2f')} |"
         )
     lines += ["", "## Per seed", ""]
     lines.append("| model | seed | NDCG@10 | Recall@10 | NDCG@5 | Recall@5 | valid NDCG@10 | epochs (best) |")

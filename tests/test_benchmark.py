@@ -17,7 +17,7 @@ def plan_file(toy_data, sid_cache, tmp_path):
     shared = toy_config(toy_data, sid_cache, epochs=2)
     shared.pop("seed")
     plan = {
-        "models": ["RPG", "SASRec"],
+        "models": ["RPG", "SASRec", "Pop"],
         "seeds": [3, 4],
         "profiles": {"cpu": {"all": shared, "SASRec": {"hidden_size": 16, "inner_size": 32}}},
     }
@@ -31,7 +31,7 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
     argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}"]
     summary = benchmark.main(argv)
 
-    assert [s["model"] for s in summary] == ["RPG", "SASRec"] and all(s["seeds"] == 2 for s in summary)
+    assert [s["model"] for s in summary] == ["RPG", "SASRec", "Pop"] and all(s["seeds"] == 2 for s in summary)
     for name in ("RPG-seed3", "RPG-seed4", "SASRec-seed3", "SASRec-seed4"):
         record = json.loads((results / "runs" / name / "run.json").read_text())
         assert record["epochs_run"] == len(record["history"]) == 2
@@ -47,13 +47,15 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
     with open(results / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["seed"]) for r in rows] == [
-        ("RPG", "3"), ("RPG", "4"), ("SASRec", "3"), ("SASRec", "4"),
-        ("RPG", "mean"), ("RPG", "std"), ("SASRec", "mean"), ("SASRec", "std"),
+        ("RPG", "3"), ("RPG", "4"), ("SASRec", "3"), ("SASRec", "4"), ("Pop", "3"), ("Pop", "4"),
+        ("RPG", "mean"), ("RPG", "std"), ("SASRec", "mean"), ("SASRec", "std"), ("Pop", "mean"), ("Pop", "std"),
     ]  # fmt: skip
     per_seed = [float(r["test_ndcg@10"]) for r in rows[:2]]
-    assert float(rows[4]["test_ndcg@10"]) == pytest.approx(sum(per_seed) / 2, rel=1e-4)
+    assert float(rows[6]["test_ndcg@10"]) == pytest.approx(sum(per_seed) / 2, rel=1e-4)
     markdown = (results / "results.md").read_text()
     assert "| RPG | 2 |" in markdown and "python run_recbole.py --model=SASRec" in markdown
+    assert float(rows[10]["test_ndcg@10"]) < float(rows[6]["test_ndcg@10"])  # Pop below RPG
+    assert "| Pop | 2 |" in markdown
     assert (results / "valid_ndcg10.png").read_bytes()[:4] == b"\x89PNG"
 
     # unchanged settings: kept, not trained again
