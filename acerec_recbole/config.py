@@ -78,6 +78,14 @@ class Config(RecBoleConfig):
             getLogger().warning(f"command line args [{' '.join(unrecognised)}] will not be used in RecBole")
         return self._convert_config_dict(parsed)
 
+    def _set_default_parameters(self) -> None:
+        super()._set_default_parameters()
+        # RecBole always points ml-100k at its bundled copy, even when data_path is given; honour an
+        # explicit data_path that holds an ml-100k folder (e.g. a filtered copy), else keep the bundle.
+        explicit = self.external_config_dict.get("data_path")
+        if self.dataset == "ml-100k" and explicit and os.path.isdir(os.path.join(explicit, self.dataset)):
+            self.final_config_dict["data_path"] = os.path.join(explicit, self.dataset)
+
     def _get_model_and_dataset(self, model: Any, dataset: Any) -> tuple[str, type, str]:
         if model is None:
             model = self.external_config_dict.get("model")

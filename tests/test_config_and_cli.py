@@ -105,3 +105,13 @@ def test_shared_ml1m_loads_with_our_dataset_properties():
     dataset = Dataset(config)  # plain Dataset: checks the files and our load_col, skips augmentation
     assert dataset.user_num == 6041 and dataset.inter_num == 1000209
     assert "movie_title" in dataset.item_feat
+
+
+def test_ml100k_honours_an_explicit_data_path_holding_it(tmp_path):
+    """RecBole hard-codes ml-100k to its bundled copy; an explicit data_path with an ml-100k folder wins."""
+    bundled = Config("SASRec", "ml-100k")["data_path"]
+    assert bundled.endswith("dataset_example/ml-100k")
+    assert Config("SASRec", "ml-100k", config_dict={"data_path": str(tmp_path)})["data_path"] == bundled
+    (tmp_path / "ml-100k").mkdir()
+    chosen = Config("SASRec", "ml-100k", cmd_args=[f"--data_path={tmp_path}"])["data_path"]
+    assert chosen == str(tmp_path / "ml-100k")
