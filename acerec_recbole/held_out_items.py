@@ -10,7 +10,9 @@
    encoder + the run's stored OPQ; no retraining).
 3. For every interaction with a held-out item: history = the user's earlier items, candidates = all
    items the user has not interacted with yet (held-out ones included). A hit is the held-out item in
-   the top ``topk``. A random ranking hits with probability topk / candidates; both are reported.
+   the top ``topk``; a random ranking hits with probability topk / candidates. Also reported: hits
+   when ``new_item_slots`` of the k places are kept for new items (``recommend(new_item_slots=...)``)
+   against random, and the held-out item's mean rank percentile (0 = top, random 0.5).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def hold_out(source: Path, target: Path, name: str, item_field: str, fraction: f
 
 
 def held_out_events(inter_path: Path, user_field: str, item_field: str, time_field: str, held: set[str]):
-    """(earlier items, held-out item) for every interaction with a held-out item, users in time order."""
+    """(earlier items, held-out item) for each user's first interaction with a held-out item."""
     inter = pd.read_csv(inter_path, sep="\t", dtype=str, keep_default_na=False)
     user, item = field_column(inter, user_field, inter_path), field_column(inter, item_field, inter_path)
     time = field_column(inter, time_field, inter_path)
@@ -62,7 +64,8 @@ def held_out_events(inter_path: Path, user_field: str, item_field: str, time_fie
     events = []
     for _, group in inter.groupby(user, sort=False):
         sequence = group[item].tolist()
-        events += [(sequence[:t], token) for t, token in enumerate(sequence) if token in held and t > 0]
+        # first interactions only: a repeat is excluded from the candidates as already seen
+        events += [(sequence[:t], x) for t, x in enumerate(sequence) if x in held and t > 0 and x not in sequence[:t]]
     return events
 
 
@@ -74,6 +77,7 @@ def evaluate(
     topk: int = 10,
     seed: int = 2026,
     max_events: int = 2000,
+    new_item_slots: int = 1,
     config_files: list[str] | None = None,
     config_dict: dict[str, Any] | None = None,
     cmd_args: list[str] | None = None,
@@ -97,12 +101,15 @@ def evaluate(
     events = held_out_events(source / f"{dataset}.inter", user_field, item_field, time_field, set(held))
     if len(events) > max_events:
         events = random.Random(seed).sample(events, max_events)
-    hits, random_hits = 0, 0.0
+    hits, random_hits, slot_hits, random_slot_hits, percentiles = 0, 0.0, 0, 0.0, []
     for history, item in events:
-        top = recommender.recommend(history=history, topk=topk)
-        hits += any(r.item == item for r in top)
-        candidates = len(recommender.item_tokens) - 1 - len(set(history) & set(recommender.item_index))
-        random_hits += min(1.0, topk / max(candidates, 1))
+        ranking = [r.item for r in recommender.recommend(history=history, topk=len(recommender.item_tokens))]
+        new_ranking = [token for token in ranking if token in recommender.new_items]
+        hits += item in ranking[:topk]
+        random_hits += min(1.0, topk / max(len(ranking), 1))
+        slot_hits += item in new_ranking[:new_item_slots]  # the list recommend(new_item_slots=...) returns
+        random_slot_hits += min(1.0, new_item_slots / max(len(new_ranking), 1))
+        percentiles.append(ranking.index(item) / max(len(ranking) - 1, 1))
     report = {
         "model": model,
         "dataset": dataset,
@@ -114,6 +121,9 @@ def evaluate(
         "test_ndcg@10_on_trained_items": trained["test_result"].get("ndcg@10"),
     }
     report["lift_over_random"] = report[f"hit_rate@{topk}"] / max(report[f"random_hit_rate@{topk}"], 1e-12)
+    report[f"hit_rate@{topk}_with_{new_item_slots}_new_item_slots"] = slot_hits / max(len(events), 1)
+    report[f"random_hit_rate@{topk}_with_{new_item_slots}_new_item_slots"] = random_slot_hits / max(len(events), 1)
+    report["mean_rank_percentile"] = float(sum(percentiles) / max(len(percentiles), 1))  # 0 = top, random 0.5
     return report
 
 
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--max_events", type=int, default=2000)
+    parser.add_argument("--new_item_slots", type=int, default=1)
     parser.add_argument("--work_dir", default="held_out_work", help="the reduced dataset copy and its checkpoint")
     parser.add_argument("--config_files", default=None)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = args.config_files.split() if args.config_files else None
     report = evaluate(
         args.model, args.dataset, Path(args.work_dir), args.fraction, args.topk, max_events=args.max_events,
-        config_files=files, cmd_args=rest,
+        new_item_slots=args.new_item_slots, config_files=files, cmd_args=rest,
     )  # fmt: skip
     print(json.dumps(report, indent=2))
     return report

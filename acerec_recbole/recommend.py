@@ -61,6 +61,7 @@ class Recommender:
         self.item_index = {token: index for index, token in enumerate(self.item_tokens)}
         self.item_text = self._item_texts()
         self.new_items: set[str] = set()
+        self.trained_items = len(self.item_tokens)  # internal ids from here on were added after training
         self.sequential = hasattr(model, "ITEM_SEQ")
         self.popularity = training_counts(train_dataset, len(self.item_tokens))
 
@@ -128,8 +129,15 @@ class Recommender:
         history: Sequence[str] | None = None,
         topk: int = 10,
         exclude_seen: bool = True,
+        new_item_slots: int = 0,
     ) -> list[Recommendation]:
-        """Top-k items for a known ``user`` (their whole history) or for a ``history`` of raw item ids."""
+        """Top-k items for a known ``user`` (their whole history) or for a ``history`` of raw item ids.
+
+        Items added after training have code combinations the model never produced as targets, so they
+        score below the best-known items and rarely reach the top k on their own (measured in the
+        README). ``new_item_slots`` reserves that many of the k places for the best-scoring new items
+        (TIGER's cold-start allowance); 0 ranks purely by score.
+        """
         if (user is None) == (history is None):
             raise ValueError("Give exactly one of user (a raw user id) or history (raw item ids).")
         if user is not None:
@@ -146,8 +154,14 @@ class Recommender:
         if exclude_seen and len(seen):
             scores[np.asarray(seen)] = -np.inf
         scores[0] = -np.inf  # padding
-        k = min(topk, int(np.isfinite(scores).sum()))
-        top = np.argsort(-scores, kind="stable")[:k]
+        order = np.argsort(-scores, kind="stable")
+        order = order[np.isfinite(scores[order])]
+        top = order[:topk]
+        if new_item_slots > 0 and self.new_items:
+            is_new = order >= self.trained_items
+            new = order[is_new][: min(new_item_slots, topk)]
+            top = np.concatenate([order[~is_new][: topk - len(new)], new])
+            top = top[np.argsort(-scores[top], kind="stable")]
         return [
             Recommendation(
                 rank, self.item_tokens[i], float(scores[i]), self.item_text[i], self.item_tokens[i] in self.new_items
@@ -319,6 +333,7 @@ def main(argv: list[str] | None = None) -> list[Recommendation]:
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--include_seen", action="store_true", help="also recommend items already interacted with")
     parser.add_argument("--new_items", default=None, help="tab-separated .item file of items added after training")
+    parser.add_argument("--new_item_slots", type=int, default=0, help="places of the top k kept for new items")
     parser.add_argument("--dataset", default=None, help="rebuild another dataset than the checkpoint's")
     parser.add_argument("--data_path", default=None, help="where the dataset folder lives, if it moved")
     args = parser.parse_args(argv)
@@ -330,7 +345,9 @@ def main(argv: list[str] | None = None) -> list[Recommendation]:
         added = recommender.add_items_from_file(args.new_items)
         print(f"added {len(added)} new items from {args.new_items}")
     history = [h for h in args.history.split(",") if h] if args.history is not None else None
-    recommendations = recommender.recommend(args.user, history, args.topk, exclude_seen=not args.include_seen)
+    recommendations = recommender.recommend(
+        args.user, history, args.topk, exclude_seen=not args.include_seen, new_item_slots=args.new_item_slots
+    )
     target = f"user {args.user}" if args.user is not None else f"history {history}"
     print(f"{recommender.config['model']} on {recommender.config['dataset']}: top {len(recommendations)} for {target}")
     print_recommendations(recommendations)

@@ -142,6 +142,14 @@ def test_new_items_from_a_file_join_the_catalogue(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match="already in the catalogue"):
         recommender.add_items({"shoes-1": "running shoes"})
 
+    recommender.add_items_from_file(new_items)
+    by_score = recommender.recommend(history=["shoes-1", "shoes-2"], topk=3)
+    slotted = recommender.recommend(history=["shoes-1", "shoes-2"], topk=3, new_item_slots=1)
+    assert sum(r.new for r in slotted) == 1 and [r.rank for r in slotted] == [1, 2, 3]
+    assert [r.score for r in slotted] == sorted((r.score for r in slotted), reverse=True)
+    known_by_score = [r.item for r in by_score if not r.new]
+    assert [r.item for r in slotted if not r.new] == known_by_score[:2]
+
 
 def test_held_out_items_are_ranked_far_above_random(tmp_path, sid_cache):
     """Items never seen in training, added from text afterwards, reach the top 10 of the users who
@@ -151,3 +159,6 @@ def test_held_out_items_are_ranked_far_above_random(tmp_path, sid_cache):
     report = held_out_items.evaluate("ACERec", "toyshop", tmp_path / "work", fraction=0.1, config_dict=config)
     assert report["held_out_items"] == 5 and report["events"] > 20
     assert report["hit_rate@10"] > 2 * report["random_hit_rate@10"]  # measured: 0.76 vs 0.24
+    assert report["mean_rank_percentile"] < 0.35  # random: 0.5
+    slots = "hit_rate@10_with_1_new_item_slots"
+    assert report[slots] > 1.5 * report[f"random_{slots}"]
