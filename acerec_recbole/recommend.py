@@ -190,7 +190,9 @@ class Recommender:
             return targets.tolist(), torch.unique(targets).tolist()
         lists = inter[self.model.ITEM_SEQ][rows]
         lengths = inter[self.model.ITEM_SEQ_LEN][rows]
-        last = int(torch.argmax(lengths))  # RecBole's augmented rows: the longest prefix + its target
+        # RecBole's augmented rows run in time order; lengths cap at MAX_ITEM_LIST_LENGTH, so take the
+        # last of the longest rows: the latest prefix + its target
+        last = len(lengths) - 1 - int(torch.argmax(lengths.flip(0)))
         history = lists[last, : int(lengths[last])].tolist() + [int(targets[last])]
         seen = torch.unique(torch.cat([targets, lists.flatten()]))
         return history, seen[seen > 0].tolist()

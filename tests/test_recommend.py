@@ -48,11 +48,18 @@ def test_cli_prints_raw_ids_text_and_scores_for_a_user(trained, capsys):
 
 
 def test_user_and_same_history_agree_and_seen_items_are_excluded(trained):
-    _, files = trained
+    data, files = trained
     recommender = Recommender.from_checkpoint(files["ACERec"])
     uid = recommender.user_id("u3")
     history, seen = recommender.user_history(uid)
     raw_history = [recommender.item_tokens[i] for i in history]
+    # a user longer than the window (MAX_ITEM_LIST_LENGTH 10): their latest prefix (10 items) + its target
+    rows = [line.split("\t") for line in (data / "toyshop" / "toyshop.inter").read_text().splitlines()[1:]]
+    longest = max({r[0] for r in rows}, key=lambda u: sum(r[0] == u for r in rows))
+    in_time_order = [item for _, item, _ in sorted((r for r in rows if r[0] == longest), key=lambda r: float(r[2]))]
+    assert len(in_time_order) > recommender.model.max_seq_length + 1
+    long_history, _ = recommender.user_history(recommender.user_id(longest))
+    assert [recommender.item_tokens[i] for i in long_history] == in_time_order[-11:]
     by_user = recommender.recommend(user="u3", topk=8)
     by_history = recommender.recommend(history=raw_history, topk=8)
     assert [r.item for r in by_user] == [r.item for r in by_history]
