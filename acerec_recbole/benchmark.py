@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -118,6 +117,7 @@ def plain(value: Any) -> Any:
 def run_one(spec_file: Path) -> dict[str, Any]:
     """Train + test one (model, seed); record per-epoch validation NDCG@10 and times; write run.json."""
     from acerec_recbole import run
+    from acerec_recbole.speed import peak_rss_gib
 
     spec = json.loads(spec_file.read_text())
     out = spec_file.parent
@@ -167,7 +167,7 @@ def run_one(spec_file: Path) -> dict[str, Any]:
         "train_seconds": result["train_seconds"],
         "data_seconds": result["data_seconds"],
         "full_sort_users_per_s": result["test_users"] / result["test_seconds"],
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": peak_rss_gib(),
         "valid": {k: float(v) for k, v in result["best_valid_result"].items()},
         "test": {k: float(v) for k, v in result["test_result"].items()},
         "history": history,
@@ -261,26 +261,23 @@ def summarise(results_dir: Path, models: list[str], title: str) -> list[dict[str
             "peak_rss_gib": r["peak_rss_gib"],
         }
 
-    rows = [row_of(r) for r in runs]
-    summary = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
+    per_seed = [row_of(r) for r in runs]
+    summary, aggregates = [], []
+    for model in dict.fromkeys(r["model"] for r in per_seed):
+        mine = [r for r in per_seed if r["model"] == model]
         numeric = [c for c in columns[2:] if all(isinstance(r[c], (int, float)) for r in mine)]
         stats = {c: mean_std([float(r[c]) for r in mine]) for c in numeric}
-        summary.append({"model": model, "seeds": len(mine), **{c: stats[c] for c in numeric}})
-        rows_mean = {"model": model, "seed": "mean", **{c: stats[c][0] for c in numeric}}
-        rows_std = {"model": model, "seed": "std", **{c: stats[c][1] for c in numeric}}
-        rows.extend([rows_mean, rows_std])
+        summary.append({"model": model, "seeds": len(mine), **stats})
+        aggregates.append({"model": model, "seed": "mean", **{c: stats[c][0] for c in numeric}})
+        aggregates.append({"model": model, "seed": "std", **{c: stats[c][1] for c in numeric}})
 
     with open(results_dir / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
-        per_seed = [r for r in rows if isinstance(r["seed"], int)]
-        aggregates = [r for r in rows if not isinstance(r["seed"], int)]
         for r in per_seed + aggregates:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
 
-    write_markdown(results_dir, title, summary, [r for r in rows if isinstance(r["seed"], int)], runs)
+    write_markdown(results_dir, title, summary, per_seed, runs)
     plot_validation(results_dir, runs, models)
     return summary
 

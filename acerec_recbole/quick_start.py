@@ -67,5 +67,10 @@ def run(
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "test_seconds": test_seconds,
-        "test_users": len(getattr(test_data, "uid_list", test_data.dataset)),
+        "test_users": evaluated_users(test_data),
     }
+
+
+def evaluated_users(eval_data: Any) -> int:
+    """Users an evaluation loader scores: full-sort loaders list them (``uid_list``), others are per row."""
+    return len(getattr(eval_data, "uid_list", eval_data.dataset))

@@ -27,6 +27,7 @@ def measure_model(model: str, dataset: str, config_files: list[str] | None, over
     from recbole.utils import get_trainer, init_logger, init_seed
 
     from acerec_recbole.config import Config
+    from acerec_recbole.quick_start import evaluated_users
 
     config = Config(model, dataset, config_files, {"show_progress": False}, overrides)
     init_seed(config["seed"], config["reproducibility"])
@@ -43,7 +44,7 @@ def measure_model(model: str, dataset: str, config_files: list[str] | None, over
     started = time.perf_counter()
     result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     eval_seconds = time.perf_counter() - started
-    users = len(valid_data.uid_list) if hasattr(valid_data, "uid_list") else len(valid_data.dataset)
+    users = evaluated_users(valid_data)
     return {
         "model": model,
         "hidden_size": config["hidden_size"],
