@@ -13,7 +13,8 @@ Each (model, seed) runs in its own process (so peak memory is its own) and write
 ``runs/<model>-seed<seed>/{run.json, config.yaml}`` and ``logs/<model>-seed<seed>.log``. A finished run
 whose settings are unchanged is not run again, so an interrupted benchmark resumes where it stopped;
 ``--rerun`` forces it. The summary (``results.md``, ``results.csv``, ``valid_ndcg10.png``) is rebuilt
-from every finished run each time; ``--summarise_only`` rebuilds it without training.
+from every finished run made with the current settings (others are named and left out) each time;
+``--summarise_only`` rebuilds it without training.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,13 +232,27 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarise(results_dir: Path, models: list[str], title: str) -> list[dict[str, Any]]:
-    """results.csv (one row per seed, then mean and std per model), results.md and the validation plot."""
+def summarise(
+    results_dir: Path, models: list[str], title: str, current_key: Callable[[str, int], str] | None = None
+) -> list[dict[str, Any]]:
+    """results.csv (one row per seed, then mean and std per model), results.md and the validation plot.
+
+    With ``current_key(model, seed)``, runs made under other settings (the yaml changed since) are left
+    out of the tables, so one table never mixes two schedules; they are named with the way to refresh them.
+    """
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("runs/*/run.json"))]
     runs = [r for r in runs if r["model"] in models]
+    if current_key is not None:
+        stale = [r for r in runs if r["key"] != current_key(r["model"], r["seed"])]
+        for r in stale:
+            print(
+                f"Left out of the tables: runs/{r['model']}-seed{r['seed']} ran with other settings than the "
+                f"current ones; train it again with --models={r['model']} --seeds={r['seed']}."
+            )
+        runs = [r for r in runs if r not in stale]
     runs.sort(key=lambda r: (models.index(r["model"]), r["seed"]))
     if not runs:
-        print(f"No finished runs under {results_dir}/runs yet.")
+        print(f"No finished runs with the current settings under {results_dir}/runs yet.")
         return []
     columns = [
         "model", "seed", *(f"test_{m}" for m in METRICS), "valid_ndcg@10", "params", "hidden_size",
@@ -374,7 +390,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"benchmark: {args.dataset}, profile {args.profile} ({plan['file']}), models {models}, seeds {seeds}")
     print(f"results: {results_dir}", flush=True)
     failures = [] if args.summarise_only else run_all(specs, results_dir, args.rerun)
-    summary = summarise(results_dir, models, f"{args.dataset}: {args.profile} profile")
+    summary = summarise(
+        results_dir,
+        models,
+        f"{args.dataset}: {args.profile} profile",
+        current_key=lambda model, seed: run_spec(plan, model, args.dataset, seed, config_files, overrides)["key"],
+    )
     if failures:
         print(f"Failed runs (see their logs): {failures}")
         raise SystemExit(1)

@@ -69,6 +69,13 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
     assert again["test"] == json.loads(before)["test"]
     assert [h["ndcg@10"] for h in again["history"]] == [h["ndcg@10"] for h in json.loads(before)["history"]]
 
+    # settings changed since: the old runs stay on disk but leave the tables, named with the fix
+    capsys.readouterr()
+    summary = benchmark.main(argv + ["--summarise_only", "--learning_rate=0.5"])
+    out = capsys.readouterr().out
+    assert "Left out of the tables: runs/RPG-seed3" in out and "--models=RPG --seeds=3" in out
+    assert summary == [] and (results / "runs/RPG-seed3/run.json").is_file()
+
 
 def test_benchmark_errors_name_the_missing_file_or_profile(plan_file):
     with pytest.raises(FileNotFoundError, match="No benchmark settings for dataset 'nowhere'"):
