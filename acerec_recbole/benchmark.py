@@ -390,9 +390,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"benchmark: {args.dataset}, profile {args.profile} ({plan['file']}), models {models}, seeds {seeds}")
     print(f"results: {results_dir}", flush=True)
     failures = [] if args.summarise_only else run_all(specs, results_dir, args.rerun)
+    # the tables cover the yaml's models too, so running one model (--models=X) does not drop the others
+    tabled = list(plan["models"]) + [m for m in models if m not in plan["models"]]
     summary = summarise(
         results_dir,
-        models,
+        tabled,
         f"{args.dataset}: {args.profile} profile",
         current_key=lambda model, seed: run_spec(plan, model, args.dataset, seed, config_files, overrides)["key"],
     )

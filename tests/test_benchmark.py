@@ -61,8 +61,10 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
     # unchanged settings: kept, not trained again
     before = (results / "runs/RPG-seed3/run.json").read_text()
     capsys.readouterr()
-    benchmark.main(argv + ["--models=RPG", "--seeds=3"])
+    summary = benchmark.main(argv + ["--models=RPG", "--seeds=3"])
     assert "finished earlier with the same settings, kept" in capsys.readouterr().out
+    # running one model leaves the others in the tables
+    assert [(s["model"], s["seeds"]) for s in summary] == [("RPG", 2), ("SASRec", 2), ("Pop", 2)]
     # forced rerun: the same seed gives the same numbers
     benchmark.main(argv + ["--models=RPG", "--seeds=3", "--rerun"])
     again = json.loads((results / "runs/RPG-seed3/run.json").read_text())
