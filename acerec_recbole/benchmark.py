@@ -247,7 +247,8 @@ def summarise(
         for r in stale:
             print(
                 f"Left out of the tables: runs/{r['model']}-seed{r['seed']} ran with other settings than the "
-                f"current ones; train it again with --models={r['model']} --seeds={r['seed']}."
+                f"current ones (benchmark yaml, --config_files, --key=value); train it again with "
+                f"--models={r['model']} --seeds={r['seed']}."
             )
         runs = [r for r in runs if r not in stale]
     runs.sort(key=lambda r: (models.index(r["model"]), r["seed"]))
