@@ -103,8 +103,9 @@ def evaluate(
         events = random.Random(seed).sample(events, max_events)
     hits, random_hits, slot_hits, random_slot_hits, percentiles = 0, 0.0, 0, 0.0, []
     for history, item in events:
-        ranking = [r.item for r in recommender.recommend(history=history, topk=len(recommender.item_tokens))]
-        new_ranking = [token for token in ranking if token in recommender.new_items]
+        recommendations = recommender.recommend(history=history, topk=len(recommender.item_tokens))
+        ranking = [r.item for r in recommendations]
+        new_ranking = [r.item for r in recommendations if r.new]
         hits += item in ranking[:topk]
         random_hits += min(1.0, topk / max(len(ranking), 1))
         slot_hits += item in new_ranking[:new_item_slots]  # the list recommend(new_item_slots=...) returns

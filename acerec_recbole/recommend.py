@@ -60,7 +60,6 @@ class Recommender:
         self.item_tokens: list[str] = list(dataset.field2id_token[self.iid_field])
         self.item_index = {token: index for index, token in enumerate(self.item_tokens)}
         self.item_text = self._item_texts()
-        self.new_items: set[str] = set()
         self.trained_items = len(self.item_tokens)  # internal ids from here on were added after training
         self.sequential = hasattr(model, "ITEM_SEQ")
         self.popularity = training_counts(train_dataset, len(self.item_tokens))
@@ -157,14 +156,14 @@ class Recommender:
         order = np.argsort(-scores, kind="stable")
         order = order[np.isfinite(scores[order])]
         top = order[:topk]
-        if new_item_slots > 0 and self.new_items:
+        if new_item_slots > 0 and len(self.item_tokens) > self.trained_items:
             is_new = order >= self.trained_items
             new = order[is_new][: min(new_item_slots, topk)]
             top = np.concatenate([order[~is_new][: topk - len(new)], new])
             top = top[np.argsort(-scores[top], kind="stable")]
         return [
             Recommendation(
-                rank, self.item_tokens[i], float(scores[i]), self.item_text[i], self.item_tokens[i] in self.new_items
+                rank, self.item_tokens[i], float(scores[i]), self.item_text[i], bool(i >= self.trained_items)
             )
             for rank, i in enumerate(top, 1)
         ]
@@ -256,7 +255,6 @@ class Recommender:
             self.item_index[item] = len(self.item_tokens)
             self.item_tokens.append(item)
             self.item_text.append(text)
-        self.new_items.update(ids)
         self.logger.info(f"Added {len(ids)} new items; the catalogue now has {len(self.item_tokens) - 1}.")
         return ids
 
