@@ -21,9 +21,19 @@ _APPLIED = False
 
 
 def _restore_numpy_aliases() -> None:
-    # RecBole's Config.compatibility_settings() reads np.float_/np.complex_/np.unicode_ (gone in numpy 2).
+    # RecBole's Config.compatibility_settings() reads np.float_/np.complex_/np.unicode_ (gone in numpy 2)
+    # and then sets np.float, np.int, np.bool ... (gone since numpy 1.24), which its metrics and data code
+    # use. A process that only unpickles a checkpoint's Config (load_data_and_model, resume) never runs
+    # that method, so its first evaluation died on np.float: set the same aliases at import.
     for alias, target in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if not hasattr(np, alias):
+            setattr(np, alias, target)
+    legacy = {
+        "bool": np.bool_, "int": np.int_, "float": np.float64, "complex": np.complex128,
+        "object": np.object_, "str": np.str_, "long": np.int_, "unicode": np.str_,
+    }  # fmt: skip
+    for alias, target in legacy.items():
+        if alias not in np.__dict__:
             setattr(np, alias, target)
 
 
