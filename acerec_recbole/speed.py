@@ -1,11 +1,13 @@
 """Training and scoring cost, measured side by side in one process (ratios are what to compare).
 
     python -m acerec_recbole.speed --dataset=amazon2014-beauty --data_path=../shared/data \
-        --models=ACERec,RPG,SASRec --hidden_size=64 [--config_files=...] [--key=value ...]
-    python -m acerec_recbole.speed --catalogue_items=1000000      # exact scorer on a synthetic catalogue
+        --models=ACERec,RPG,SASRec --hidden_sizes=64,128 [--config_files=...] [--key=value ...]
+    python -m acerec_recbole.speed --catalogue_items=1000000      # exact top-k on a synthetic catalogue
 
-For each model: one full training epoch through RecBole's Trainer (same data, same hidden size), then
-full-sort evaluation of the validation users through RecBole's evaluator (users/second).
+For each hidden size and model: one full training epoch through RecBole's Trainer (same data), then
+full-sort evaluation of the validation users through RecBole's evaluator (users/second); then the
+ACERec/RPG ratios of both, per hidden size. Run it with one thread (OMP_NUM_THREADS=1) on a quiet
+machine, and compare ratios from one run rather than figures from different runs.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def measure_model(model: str, dataset: str, config_files: list[str] | None, overrides: list[str]) -> dict[str, Any]:
+def measure_model(
+    model: str, dataset: str, config_files: list[str] | None, overrides: list[str], hidden_size: int | None = None
+) -> dict[str, Any]:
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_trainer, init_logger, init_seed
 
     from acerec_recbole.config import Config
     from acerec_recbole.quick_start import evaluated_users
 
-    config = Config(model, dataset, config_files, {"show_progress": False}, overrides)
+    config_dict: dict[str, Any] = {"show_progress": False}
+    if hidden_size:
+        config_dict["hidden_size"] = hidden_size
+    config = Config(model, dataset, config_files, config_dict, overrides)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     started = time.perf_counter()
@@ -60,30 +67,47 @@ def measure_model(model: str, dataset: str, config_files: list[str] | None, over
     }
 
 
-def measure_catalogue(n_items: int, num_digits: int, codebook_size: int, batch: int) -> dict[str, Any]:
-    """Exact scoring of a synthetic catalogue: time and peak memory of ``holistic_scores``."""
-    from acerec_recbole.model.layers import holistic_scores
+def measure_catalogue(n_items: int, num_digits: int, codebook_size: int, batch: int, k: int = 10) -> dict[str, Any]:
+    """Exact top-k over a synthetic catalogue with ``holistic_topk``: time per user and peak memory."""
+    from acerec_recbole.model.layers import holistic_topk
 
-    codes = torch.randint(0, codebook_size, (n_items, num_digits))
+    codes = torch.randint(0, codebook_size, (n_items, num_digits), dtype=torch.uint8)
     log_probs = torch.log_softmax(torch.randn(batch, num_digits, codebook_size), dim=-1)
     before = peak_rss_gib()
     started = time.perf_counter()
-    scores = holistic_scores(log_probs, codes)
-    top = scores.topk(10, dim=1)
+    top = holistic_topk(log_probs, codes, k)
     seconds = time.perf_counter() - started
-    naive_gib = batch * n_items * num_digits * 4 / 2**30
     return {
         "items": n_items,
         "digits": num_digits,
         "batch_users": batch,
         "seconds": round(seconds, 2),
-        "users_per_s": round(batch / seconds, 1),
-        "scores_gib": round(scores.numel() * 4 / 2**30, 2),
+        "ms_per_user": round(1000 * seconds / batch, 2),
         "peak_rss_gib_before": round(before, 2),
         "peak_rss_gib_after": round(peak_rss_gib(), 2),
-        "naive_batch_x_items_x_m_gib": round(naive_gib, 1),
-        "top1_item_of_user0": int(top.indices[0, 0]),
+        "full_score_matrix_gib": round(batch * n_items * 4 / 2**30, 2),
+        "naive_batch_x_items_x_m_gib": round(batch * n_items * num_digits * 4 / 2**30, 1),
+        "top1_item_of_user0": int(top[1][0, 0]),
     }
+
+
+def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ACERec / RPG per hidden size: training seconds per epoch and full-sort users/s."""
+    ratios = []
+    for d in dict.fromkeys(r["hidden_size"] for r in rows):
+        pair = {r["model"]: r for r in rows if r["hidden_size"] == d}
+        if "ACERec" in pair and "RPG" in pair:
+            ace, rpg = pair["ACERec"], pair["RPG"]
+            ratios.append(
+                {
+                    "hidden_size": d,
+                    **{
+                        f"ACERec/RPG {key}": round(ace[key] / rpg[key], 2)
+                        for key in ("seconds_per_epoch", "full_sort_users_per_s")
+                    },
+                }
+            )
+    return ratios
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -99,6 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--models", default="ACERec,RPG,SASRec")
     parser.add_argument("--config_files", default=None)
+    parser.add_argument("--hidden_sizes", default=None, help="comma-separated, e.g. 64,128 (default: the config's)")
     parser.add_argument("--catalogue_items", type=int, default=0, help="score a synthetic catalogue instead")
     parser.add_argument("--digits", type=int, default=32)
     parser.add_argument("--eval_batch", type=int, default=256)
@@ -108,9 +133,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = [measure_catalogue(args.catalogue_items, args.digits, 256, args.eval_batch)]
     else:
         files = args.config_files.split() if args.config_files else None
-        rows = [measure_model(m, args.dataset, files, overrides) for m in args.models.split(",")]
+        sizes = [int(d) for d in args.hidden_sizes.split(",")] if args.hidden_sizes else [None]
+        rows = [measure_model(m, args.dataset, files, overrides, d) for d in sizes for m in args.models.split(",")]
     print_table(rows)
-    return rows
+    ratios = ratio_rows(rows) if not args.catalogue_items else []
+    if ratios:
+        print()
+        print_table(ratios)
+    return rows + ratios
 
 
 if __name__ == "__main__":

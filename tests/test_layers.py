@@ -12,6 +12,7 @@ from acerec_recbole.model.layers import (
     SemanticTokenEmbedding,
     block_causal_mask,
     holistic_scores,
+    holistic_topk,
     intent_semantic_alignment_loss,
 )
 
@@ -62,6 +63,20 @@ def test_holistic_scores_equal_brute_force():
     assert torch.allclose(holistic_scores(log_probs, codes), brute, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_items", [7, 64, 1000])
+def test_chunked_topk_equals_the_topk_of_the_full_score_matrix(chunk_items):
+    torch.manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(5, 8, 16), dim=-1)
+    codes = torch.randint(0, 16, (300, 8), dtype=torch.uint8)
+    full = holistic_scores(log_probs, codes.long())
+    values, indices = holistic_topk(log_probs, codes, k=10, chunk_items=chunk_items)
+    expected = full.topk(10, dim=1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(full.gather(1, indices), values)  # each index carries its own exact score
+    assert torch.equal(indices.sort(dim=1).values, expected.indices.sort(dim=1).values)
+    assert holistic_topk(log_probs, codes[:4], k=10)[1].shape == (5, 4)  # k larger than the catalogue
+
+
 def test_digit_heads_start_as_identity_and_use_cosine_over_temperature():
     torch.manual_seed(0)
     table = SemanticTokenEmbedding(4, 8, 16)
@@ -69,7 +84,7 @@ def test_digit_heads_start_as_identity_and_use_cosine_over_temperature():
     hidden = torch.randn(2, 16)
     logits = heads(hidden, table.table())
     expected = torch.nn.functional.cosine_similarity(hidden[:, None, None], table.table()[None], dim=-1) / 0.5
-    assert logits.shape == (2, 4, 8) and torch.allclose(logits, expected, atol=1e-5)
+    assert logits.shape == (4, 2, 8) and torch.allclose(logits.transpose(0, 1), expected, atol=1e-5)
 
 
 def test_isa_loss_prefers_aligned_intents():
@@ -99,4 +114,4 @@ def test_rpg_input_is_the_mean_of_its_token_embeddings(toy_data, sid_cache):
     _, _, _, model = build_pipeline("RPG", toy_data, sid_cache)
     items = torch.tensor([1, 5, 9])
     tokens = model.tokens.weight[model.item_codes[items] + model.tokens.digit_offsets]  # (3, m, d)
-    assert torch.allclose(model.item_vectors(items), tokens.mean(dim=1))
+    assert torch.allclose(model.item_inputs(items)[:, 0], tokens.mean(dim=1))

@@ -128,17 +128,3 @@ def test_per_prefix_batches_train_on_the_last_position(toy_data, sid_cache):
     states, targets = model.training_states(interaction)
     assert targets.equal(interaction["item_id"])
     assert torch.allclose(states, model.user_states(interaction), atol=1e-6)
-
-
-@pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
-def test_length_buckets_give_the_same_loss_as_one_padded_pass(toy_data, sid_cache, model_name):
-    _, _, (train, _, _), model = build_pipeline(model_name, toy_data, sid_cache)
-    model.eval()  # no dropout: the two passes must agree exactly
-    batch = next(iter(train))
-    assert int(batch["item_length"].min()) < int(batch["item_length"].max())  # mixed lengths in the batch
-    with torch.no_grad():
-        model.train_length_buckets = 1
-        single = model.calculate_loss(batch)
-        model.train_length_buckets = 4
-        bucketed = model.calculate_loss(batch)
-    assert torch.allclose(single, bucketed, atol=1e-5)

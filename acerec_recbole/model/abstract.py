@@ -1,4 +1,6 @@
-"""Shared base of semantic-ID sequential recommenders: codes, token table, digit heads, exact scoring."""
+"""Shared base of semantic-ID sequential recommenders: codes, token table, sequence encoder, digit heads,
+exact scoring, and the fast paths (length classes, read-out-only last layer, catalogue cache) both use.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +9,39 @@ from typing import Any
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
+from torch import nn
 
 from acerec_recbole.data import TARGET_SEQ_FIELD, SemanticIDDataset
 from acerec_recbole.model.layers import (
     ParallelDigitHeads,
     SemanticTokenEmbedding,
     TransformerEncoder,
+    block_causal_mask,
     holistic_scores,
+    length_classes,
     multi_token_prediction_loss,
 )
+
+# The catalogue's per-item encoder inputs are cached for evaluation only while they stay this small.
+CATALOGUE_CACHE_BYTES = 512 * 2**20
 
 
 class SemanticIDRecommender(SequentialRecommender):
     """Items are tuples of m codes; the model predicts the next item's m codes in parallel.
 
-    Subclasses implement ``forward(item_seq, item_seq_len) -> (B, L, d)``: the state after each history
-    item, which predicts the item that follows it. Training uses every position of a window
-    (``TARGET_SEQ_FIELD`` from SemanticIDDataset); scoring is exact over the whole catalogue.
+    Each history item enters the encoder as a block of ``block_size`` vectors (``item_inputs``); the
+    last vector of a block is its anchor, whose state predicts the next item. Subclasses build their
+    item-side layers, then call ``_build_sequence_encoder``, and define ``item_inputs`` and
+    ``position_inputs``. Training uses every position of a window (``TARGET_SEQ_FIELD`` from
+    SemanticIDDataset); scoring is exact over the whole catalogue.
+
+    ``plain = True`` switches every fast path off (one padded pass, every position through every
+    layer, item inputs recomputed each call): the reference the tests compare the fast paths with.
     """
 
     input_type = InputType.POINTWISE
     dataset_class = SemanticIDDataset
+    plain = False
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -41,34 +55,91 @@ class SemanticIDRecommender(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.num_digits = codes.shape[1]
         self.codebook_size = config["sid_codebook_size"]
-        self.train_length_buckets = max(1, int(config["train_length_buckets"] or 1))
+        # on unless switched off, also for checkpoints saved before the key existed
+        self.length_bucketing = config["length_bucketing"] is not False
         self.register_buffer("item_codes", codes.clone())
         # the trained OPQ travels with the checkpoint: items added after training get codes from it
         self.register_buffer("sid_quantiser", torch.as_tensor(dataset.semantic_quantiser.to_array()))
         self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
+        self._catalogue_cache: tuple[Any, torch.Tensor] | None = None
 
-    def _encoder(self, config: Any) -> TransformerEncoder:
-        return TransformerEncoder(
+    def _build_sequence_encoder(self, config: Any, block_size: int, anchor_is_separate: bool) -> None:
+        """Input norm and dropout, the block-causal Transformer and the output norm.
+
+        ``hidden_dropout_prob`` drops encoder inputs, ``attn_dropout_prob`` attention weights and
+        ``residual_dropout_prob`` (default: hidden_dropout_prob) the residual and FFN branches.
+        """
+        residual_dropout = config["residual_dropout_prob"]
+        if residual_dropout is None:
+            residual_dropout = config["hidden_dropout_prob"]
+        self.block_size = block_size
+        self.input_norm = nn.LayerNorm(self.hidden_size)
+        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.encoder = TransformerEncoder(
             config["n_layers"],
             self.hidden_size,
             config["n_heads"],
             config["inner_size"],
-            config["hidden_dropout_prob"],
+            residual_dropout,
             config["attn_dropout_prob"],
         )
+        self.output_norm = nn.LayerNorm(self.hidden_size)
+        self.register_buffer(
+            "attention_mask", block_causal_mask(self.max_seq_length, block_size, anchor_is_separate), persistent=False
+        )
+
+    def item_inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """Items (U,) -> their encoder input blocks (U, block_size, d)."""
+        raise NotImplementedError
+
+    def position_inputs(self, length: int) -> torch.Tensor:
+        """Position embeddings (length, block_size, d) added to the input blocks."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- encoder
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """(B, L) item ids -> (B, L, d) anchor states; state t predicts item t+1."""
+        items, inverse = torch.unique(item_seq, return_inverse=True)  # each distinct item computed once
+        return self.encode(self.item_inputs(items)[inverse])
+
+    def encode(self, blocks: torch.Tensor, readout: torch.Tensor | None = None) -> torch.Tensor:
+        """Input blocks (B, L, S, d) -> anchor states (B, L, d), or (B, d) at step ``readout[b]`` only.
+
+        Only anchors are read out, so the last layer is computed at the anchors (or at the one read-out
+        position per row); the other positions serve as keys and values.
+        """
+        batch, length, size, d = blocks.shape
+        span = length * size
+        x = self.input_dropout(self.input_norm((blocks + self.position_inputs(length)).reshape(batch, span, d)))
+        mask = self.attention_mask[:span, :span]
+        if self.plain:
+            states = self.encoder(x, mask).view(batch, length, size, d)[:, :, -1]
+            if readout is not None:
+                states = states[torch.arange(batch, device=x.device), readout]
+            return self.output_norm(states)
+        if readout is not None:
+            return self.output_norm(self.encoder(x, mask, (readout * size + size - 1).unsqueeze(1)).squeeze(1))
+        anchors = None if size == 1 else torch.arange(size - 1, span, size, device=x.device)
+        return self.output_norm(self.encoder(x, mask, anchors))
+
+    def _chunks(self, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Rows grouped so that each group is padded only to its own longest sequence."""
+        if self.plain or not self.length_bucketing:
+            return [torch.arange(len(lengths), device=lengths.device)]
+        return length_classes(lengths)
 
     # ------------------------------------------------------------------------------------------ training
 
     def training_states(self, interaction: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """States (N, d) and next-item targets (N,) at every non-padding training position.
 
-        Short and long windows share a batch, so the batch is sorted by length and cut into
-        ``train_length_buckets`` chunks, each trimmed to its own longest sequence: attention cost is
-        quadratic in the padded length, and most windows are short. Nothing in the encoder mixes
-        sequences, so the states equal those of one padded pass. Targets are per position
-        (whole-sequence windows); batches of RecBole's per-prefix samples (no target list) train on
-        the last position.
+        Item inputs (e.g. ACERec's merger) are computed once per distinct item of the batch; the
+        sequences then run in power-of-two length classes (``length_bucketing``), each trimmed to its
+        own longest sequence: nothing in the encoder mixes sequences, so the states equal those of one
+        padded pass. Targets are per position (whole-sequence windows); batches of RecBole's per-prefix
+        samples (no target list) train on the last position.
         """
         lengths = interaction[self.ITEM_SEQ_LEN]
         item_seq = interaction[self.ITEM_SEQ]
@@ -77,17 +148,20 @@ class SemanticIDRecommender(SequentialRecommender):
         else:
             targets = torch.zeros_like(item_seq)
             targets[torch.arange(len(lengths), device=lengths.device), lengths - 1] = interaction[self.POS_ITEM_ID]
-        order = torch.argsort(lengths, descending=True)
-        width = targets.shape[1]
+        longest = int(lengths.max())
+        item_seq, targets = item_seq[:, :longest], targets[:, :longest]
+        items, inverse = torch.unique(item_seq, return_inverse=True)
+        inputs = self.item_inputs(items)
         states, positions = [], []
-        for chunk in torch.tensor_split(order, min(self.train_length_buckets, len(order))):
-            longest = int(lengths[chunk[0]])
-            valid = targets[chunk, :longest] > 0
-            states.append(self.forward(item_seq[chunk, :longest], lengths[chunk])[valid])
+        for chunk in self._chunks(lengths):
+            chunk_longest = int(lengths[chunk].max())
+            valid = targets[chunk, :chunk_longest] > 0
+            states.append(self.encode(inputs[inverse[chunk, :chunk_longest]])[valid])
             rows, cols = valid.nonzero(as_tuple=True)
-            positions.append(chunk[rows] * width + cols)
-        restore = torch.argsort(torch.cat(positions))  # back to the batch's row-major order
-        return torch.cat(states)[restore], targets.flatten()[torch.cat(positions)[restore]]
+            positions.append(chunk[rows] * longest + cols)
+        positions = torch.cat(positions)
+        restore = torch.argsort(positions)  # back to the batch's row-major order
+        return torch.cat(states)[restore], targets.flatten()[positions[restore]]
 
     def token_loss(self, states: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
         """Multi-token prediction loss of states (N, d) against items (N,)."""
@@ -96,15 +170,45 @@ class SemanticIDRecommender(SequentialRecommender):
 
     # --------------------------------------------------------------------------------------- inference
 
+    def catalogue_inputs(self) -> torch.Tensor:
+        """Every item's input block (n_items, S, d), computed once and reused until a parameter or the
+        item codes change (optimiser steps and ``load_state_dict`` bump a tensor's version, ``.to``
+        moves its storage, items added for serving replace ``item_codes``)."""
+        state = [(t, t.data_ptr(), t._version) for t in (self.item_codes, *self.parameters())]
+        cached = self._catalogue_cache
+        if (
+            cached is None
+            or len(cached[0]) != len(state)
+            or any(old[0] is not new[0] or old[1:] != new[1:] for old, new in zip(cached[0], state))
+        ):
+            items = torch.arange(len(self.item_codes), device=self.item_codes.device)
+            self._catalogue_cache = cached = (state, self.item_inputs(items))
+        return cached[1]
+
+    def _inputs_and_index(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item inputs and the index of each history item into them: the catalogue cache in evaluation
+        (eval mode, no gradient, small enough), the batch's distinct items otherwise."""
+        small = self.n_items * self.block_size * self.hidden_size * 4 <= CATALOGUE_CACHE_BYTES
+        if not self.plain and not self.training and not torch.is_grad_enabled() and small:
+            return self.catalogue_inputs(), item_seq
+        items, inverse = torch.unique(item_seq, return_inverse=True)
+        return self.item_inputs(items), inverse
+
     def user_states(self, interaction: Any) -> torch.Tensor:
-        """State after each user's last history item (B, d), padding trimmed per batch."""
+        """State after each user's last history item (B, d), in length classes, read out there only."""
         lengths = interaction[self.ITEM_SEQ_LEN]
         item_seq = interaction[self.ITEM_SEQ][:, : int(lengths.max())]
-        return self.gather_indexes(self.forward(item_seq, lengths), lengths - 1)
+        inputs, index = self._inputs_and_index(item_seq)
+        chunks = self._chunks(lengths)
+        states = [
+            self.encode(inputs[index[chunk, : int(lengths[chunk].max())]], readout=lengths[chunk] - 1)
+            for chunk in chunks
+        ]
+        return torch.cat(states)[torch.argsort(torch.cat(chunks))]
 
     def digit_log_probs(self, states: torch.Tensor) -> torch.Tensor:
         """(B, d) -> (B, m, M) per-digit log-probabilities of the next item's codes."""
-        return torch.log_softmax(self.heads(states, self.tokens.table()), dim=-1)
+        return torch.log_softmax(self.heads(states, self.tokens.table()), dim=-1).transpose(0, 1)
 
     def predict(self, interaction: Any) -> torch.Tensor:
         log_probs = self.digit_log_probs(self.user_states(interaction))

@@ -16,7 +16,6 @@ from torch import nn
 from acerec_recbole.model.abstract import SemanticIDRecommender
 from acerec_recbole.model.layers import (
     ItemSummary,
-    block_causal_mask,
     build_merger,
     intent_semantic_alignment_loss,
     popularity_bias,
@@ -39,6 +38,9 @@ class ACERec(SemanticIDRecommender):
         self.isa_temperature = config["isa_temperature"]
         self.block_size = self.num_latents + (self.anchor == "intent")
 
+        # LayerNorm of the raw token embeddings before the summary and the merger: tokens start at
+        # std 0.02, where the Linear biases of f_s would make every item look alike (cosine ~1.0)
+        self.token_norm = nn.LayerNorm(self.hidden_size) if config["item_token_norm"] else nn.Identity()
         self.summary = ItemSummary(self.hidden_size)
         self.merger = build_merger(
             config["merger"],
@@ -50,15 +52,7 @@ class ACERec(SemanticIDRecommender):
         )
         self.step_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.slot_embedding = nn.Embedding(self.block_size, self.hidden_size)
-        self.input_norm = nn.LayerNorm(self.hidden_size)
-        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.encoder = self._encoder(config)
-        self.output_norm = nn.LayerNorm(self.hidden_size)
-        self.register_buffer(
-            "block_mask",
-            block_causal_mask(self.max_seq_length, self.block_size, self.anchor == "intent"),
-            persistent=False,
-        )
+        self._build_sequence_encoder(config, self.block_size, anchor_is_separate=self.anchor == "intent")
         self.register_buffer("popularity_bias", popularity_bias(dataset.item_train_counts, config["popularity_beta"]))
         self.apply(self._init_weights)
 
@@ -67,32 +61,27 @@ class ACERec(SemanticIDRecommender):
         if isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def item_latents(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unique items (U,) -> latents (U, k, d) and summaries (U, d)."""
-        tokens = self.tokens(self.item_codes[items])
+    def item_inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """Items (U,) -> blocks (U, k [+ 1], d): the k merged latents, then the Intent Token, which
+        starts from the item summary."""
+        tokens = self.token_norm(self.tokens(self.item_codes[items]))
         summary = self.summary(tokens)
-        return self.merger(tokens, summary), summary
+        latents = self.merger(tokens, summary)
+        return torch.cat([latents, summary.unsqueeze(1)], dim=1) if self.anchor == "intent" else latents
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """(B, L) item ids -> (B, L, d) anchor states; state t predicts item t+1."""
-        batch, length = item_seq.shape
-        items, inverse = torch.unique(item_seq, return_inverse=True)  # each distinct item merged once
-        latents, summary = self.item_latents(items)
-        block = [latents[inverse]]
-        if self.anchor == "intent":
-            block.append(summary[inverse].unsqueeze(2))  # the Intent Token starts from the item summary
-        x = torch.cat(block, dim=2) + self.step_embedding.weight[:length, None] + self.slot_embedding.weight
-        x = self.input_dropout(self.input_norm(x.reshape(batch, length * self.block_size, self.hidden_size)))
-        span = length * self.block_size
-        x = self.encoder(x, self.block_mask[:span, :span])
-        return self.output_norm(x.view(batch, length, self.block_size, self.hidden_size)[:, :, -1])
+    def item_summaries(self, items: torch.Tensor) -> torch.Tensor:
+        """s_i (U, d): the ISA targets."""
+        return self.summary(self.token_norm(self.tokens(self.item_codes[items])))
+
+    def position_inputs(self, length: int) -> torch.Tensor:
+        return self.step_embedding.weight[:length, None] + self.slot_embedding.weight
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         states, targets = self.training_states(interaction)
         loss = self.token_loss(states, targets)
         if self.isa_weight > 0:
             candidates, target_index = torch.unique(targets, return_inverse=True)
-            summaries = self.summary(self.tokens(self.item_codes[candidates]))
+            summaries = self.item_summaries(candidates)
             loss = loss + self.isa_weight * intent_semantic_alignment_loss(
                 states, summaries, target_index, self.popularity_bias[candidates], self.isa_temperature
             )

@@ -156,14 +156,31 @@ def block_causal_mask(num_blocks: int, block_size: int, anchor_is_separate: bool
     return earlier_block | within
 
 
+def length_classes(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices grouped by power-of-two length class (1, 2, 3-4, 5-8, ...), ascending within a class.
+
+    Padding each group only to its own longest sequence wastes less than half of any row, whatever
+    the length distribution (most Amazon histories are short, a few are 50 long).
+    """
+    lengths = lengths.clamp(min=1)
+    classes = torch.where(lengths > 1, torch.floor(torch.log2((lengths - 1).double())).long() + 1, 0)
+    order = torch.argsort(classes, stable=True)
+    counts = torch.unique_consecutive(classes[order], return_counts=True)[1]
+    return list(torch.split(order, counts.tolist()))
+
+
 class TransformerBlock(nn.Module):
     """Pre-LN Transformer layer on ``scaled_dot_product_attention`` (fused kernels, incl. on CPU).
 
-    ``dropout`` acts on the residual branches, ``attn_dropout`` on attention weights (RecBole's
-    hidden_dropout_prob / attn_dropout_prob). Attention-weight dropout forces the unfused kernel on CPU.
+    ``residual_dropout`` acts on the attention and FFN branches, ``attn_dropout`` on attention weights
+    (attention-weight dropout forces the unfused kernel on CPU). With ``queries`` the layer is computed
+    only at those positions (keys and values still come from every position): the last layer of a
+    model that reads out one position per block or per user need not compute the others.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, dropout: float, attn_dropout: float) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, inner_size: int, residual_dropout: float, attn_dropout: float
+    ) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by n_heads={num_heads}.")
@@ -173,40 +190,71 @@ class TransformerBlock(nn.Module):
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.norm_ffn = nn.LayerNorm(hidden_size)
         self.ffn = nn.Sequential(
-            nn.Linear(hidden_size, inner_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner_size, hidden_size)
+            nn.Linear(hidden_size, inner_size),
+            nn.GELU(),
+            nn.Dropout(residual_dropout),
+            nn.Linear(inner_size, hidden_size),
         )
-        self.residual_dropout = nn.Dropout(dropout)
+        self.residual_dropout = nn.Dropout(residual_dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d); allowed (T, T) boolean, True = may attend."""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d); allowed (T, T) boolean, True = may attend.
+
+        queries: None (every position, output (B, T, d)), (P,) positions shared by all rows or (B, P)
+        positions per row (output (B, P, d)).
+        """
         batch, length, d = x.shape
-        q, k, v = self.qkv(self.norm_attn(x)).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        h = self.norm_attn(x)
+        if queries is None:
+            q, k, v = self.qkv(h).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            residual, mask = x, allowed
+        else:
+            if queries.dim() == 1:
+                residual, h_query, mask = x[:, queries], h[:, queries], allowed[queries]
+            else:
+                index = queries.unsqueeze(-1).expand(-1, -1, d)
+                residual, h_query, mask = x.gather(1, index), h.gather(1, index), allowed[queries].unsqueeze(1)
+            w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+            b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+            q = F.linear(h_query, w_q, b_q).view(batch, -1, self.num_heads, d // self.num_heads).transpose(1, 2)
+            k, v = F.linear(h, w_kv, b_kv).view(batch, length, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
-        x = x + self.residual_dropout(self.out_proj(attended.transpose(1, 2).reshape(batch, length, d)))
+        x = residual + self.residual_dropout(self.out_proj(attended.transpose(1, 2).reshape(batch, -1, d)))
         return x + self.residual_dropout(self.ffn(self.norm_ffn(x)))
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of TransformerBlocks sharing one attention mask."""
+    """A stack of TransformerBlocks sharing one attention mask; ``queries`` apply to the last layer."""
 
     def __init__(
-        self, num_layers: int, hidden_size: int, num_heads: int, inner_size: int, dropout: float, attn_dropout: float
+        self,
+        num_layers: int,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        residual_dropout: float,
+        attn_dropout: float,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerBlock(hidden_size, num_heads, inner_size, dropout, attn_dropout) for _ in range(num_layers)
+            TransformerBlock(hidden_size, num_heads, inner_size, residual_dropout, attn_dropout)
+            for _ in range(num_layers)
         )
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, allowed)
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x, allowed, queries if index == len(self.layers) - 1 else None)
         return x
 
 
 class ParallelDigitHeads(nn.Module):
-    """m heads g_k(x) = x + SiLU(W_k x), W_k zero-initialised; logit_k(v) = cos(g_k(x), e_{k,v}) / gamma."""
+    """m heads g_k(x) = x + SiLU(W_k x), W_k zero-initialised; logit_k(v) = cos(g_k(x), e_{k,v}) / gamma.
+
+    Logits are digit-major (m, N, M): one matrix product per digit and a cross-entropy over contiguous
+    rows, with no transposed copies; 1/gamma is folded into the (small) normalised token table.
+    """
 
     def __init__(self, num_digits: int, hidden_size: int, temperature: float) -> None:
         super().__init__()
@@ -214,15 +262,15 @@ class ParallelDigitHeads(nn.Module):
         self.temperature = temperature
 
     def forward(self, hidden: torch.Tensor, token_table: torch.Tensor) -> torch.Tensor:
-        """hidden (N, d), token_table (m, M, d) -> logits (N, m, M)."""
-        projected = hidden.unsqueeze(1) + F.silu(torch.einsum("nd,kde->nke", hidden, self.weight))
-        cosine = torch.einsum("nkd,kvd->nkv", F.normalize(projected, dim=-1), F.normalize(token_table, dim=-1))
-        return cosine / self.temperature
+        """hidden (N, d), token_table (m, M, d) -> logits (m, N, M)."""
+        projected = hidden + F.silu(torch.matmul(hidden, self.weight))  # (m, N, d)
+        table = F.normalize(token_table, dim=-1) / self.temperature
+        return torch.bmm(F.normalize(projected, dim=-1), table.transpose(1, 2))
 
 
 def multi_token_prediction_loss(logits: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
-    """Mean over digits (and positions) of the M-way cross-entropy: logits (N, m, M), targets (N, m)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_codes.reshape(-1))
+    """Mean over digits and positions of the M-way cross-entropy: logits (m, N, M), targets (N, m)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_codes.T.reshape(-1))
 
 
 def intent_semantic_alignment_loss(
@@ -247,6 +295,11 @@ def popularity_bias(item_counts: torch.Tensor, beta: float) -> torch.Tensor:
     return beta * log_freq / log_freq.max().clamp(min=1e-12)
 
 
+def _digit_tokens(item_codes: torch.Tensor, num_digits: int, codebook_size: int) -> torch.Tensor:
+    """Codes (n, m) -> rows of the flattened (m * M) table (each digit has its own block of M rows)."""
+    return item_codes.long() + torch.arange(num_digits, device=item_codes.device) * codebook_size
+
+
 def holistic_scores(digit_log_probs: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
     """Exact catalogue scores: score[b, j] = sum_k log p_k(C[j, k] | user b).
 
@@ -256,5 +309,30 @@ def holistic_scores(digit_log_probs: torch.Tensor, item_codes: torch.Tensor) -> 
     """
     batch, num_digits, codebook_size = digit_log_probs.shape
     table = digit_log_probs.reshape(batch, num_digits * codebook_size).T.contiguous()
-    tokens = item_codes + torch.arange(num_digits, device=item_codes.device) * codebook_size
+    tokens = _digit_tokens(item_codes, num_digits, codebook_size)
     return F.embedding_bag(tokens, table, mode="sum").T.contiguous()
+
+
+def holistic_topk(
+    digit_log_probs: torch.Tensor, item_codes: torch.Tensor, k: int, chunk_items: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best items per user by exact score, without the (B, n_items) matrix: (values, indices) (B, k).
+
+    Scores a chunk of items at a time (a (chunk, B) block that stays in cache while it is transposed
+    and cut to its top k), then merges the chunks' winners: memory B x chunk, and for a 1M-item
+    catalogue faster than scoring everything first, because the full matrix's transpose is gone.
+    Same items and scores as ``holistic_scores(...).topk(k)`` (ties may come in another order).
+    """
+    batch, num_digits, codebook_size = digit_log_probs.shape
+    k = min(k, len(item_codes))
+    table = digit_log_probs.reshape(batch, num_digits * codebook_size).T.contiguous()
+    values, indices = [], []
+    for start in range(0, len(item_codes), chunk_items):
+        tokens = _digit_tokens(item_codes[start : start + chunk_items], num_digits, codebook_size)
+        scores = F.embedding_bag(tokens, table, mode="sum").T.contiguous()
+        best = scores.topk(min(k, scores.shape[1]), dim=1)
+        values.append(best.values)
+        indices.append(best.indices + start)
+    values, indices = torch.cat(values, dim=1), torch.cat(indices, dim=1)
+    top, position = values.topk(k, dim=1)
+    return top, indices.gather(1, position)

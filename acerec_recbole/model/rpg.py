@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from acerec_recbole.model.abstract import SemanticIDRecommender
-from acerec_recbole.model.layers import block_causal_mask
 
 
 class RPG(SemanticIDRecommender):
@@ -19,23 +18,14 @@ class RPG(SemanticIDRecommender):
         super().__init__(config, dataset)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
-        self.input_norm = nn.LayerNorm(self.hidden_size)
-        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.encoder = self._encoder(config)
-        self.output_norm = nn.LayerNorm(self.hidden_size)
-        self.register_buffer("causal_mask", block_causal_mask(self.max_seq_length, 1, False), persistent=False)
+        self._build_sequence_encoder(config, block_size=1, anchor_is_separate=False)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """Mean-pooled token embeddings (..., d): RPG's item representation."""
-        return self.tokens(self.item_codes[items]).mean(dim=-2)
+    def item_inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled token embeddings (U, 1, d): RPG's item representation."""
+        return self.tokens(self.item_codes[items]).mean(dim=-2).unsqueeze(1)
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """(B, L) item ids -> (B, L, d) states; state t predicts item t+1."""
-        length = item_seq.shape[1]
-        items, inverse = torch.unique(item_seq, return_inverse=True)
-        x = self.item_vectors(items)[inverse] + self.position_embedding.weight[:length]
-        x = self.encoder(self.input_dropout(self.input_norm(x)), self.causal_mask[:length, :length])
-        return self.output_norm(x)
+    def position_inputs(self, length: int) -> torch.Tensor:
+        return self.position_embedding.weight[:length, None]
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
         return self.token_loss(*self.training_states(interaction))
