@@ -123,33 +123,10 @@ def run_one(spec_file: Path) -> dict[str, Any]:
 
     spec = json.loads(spec_file.read_text())
     out = spec_file.parent
-    history: list[dict[str, Any]] = []
-
-    def record_epochs(trainer: Any) -> None:
-        train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
-
-        def timed_train(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            loss = train_epoch(*args, **kwargs)
-            history.append({"epoch": len(history) + 1, "train_seconds": time.perf_counter() - started})
-            return loss
-
-        def recorded_valid(*args: Any, **kwargs: Any) -> Any:
-            score, result = valid_epoch(*args, **kwargs)
-            history[-1].update({"valid_score": float(score), **{k: float(v) for k, v in result.items()}})
-            return score, result
-
-        trainer._train_epoch, trainer._valid_epoch = timed_train, recorded_valid
-
-    config_dict = {**spec["config_dict"], "checkpoint_dir": str(out / "saved")}
-    result = run(
-        spec["model"],
-        spec["dataset"],
-        spec["config_files"] or None,
-        config_dict,
-        spec["cmd_args"],
-        trainer_hook=record_epochs,
-    )
+    # resume=True: a run killed mid-way continues from its last finished epoch (saved/*.state.pth)
+    config_dict = {**spec["config_dict"], "checkpoint_dir": str(out / "saved"), "resume": True}
+    result = run(spec["model"], spec["dataset"], spec["config_files"] or None, config_dict, spec["cmd_args"])
+    history = result["trainer"].epoch_history
     config = result["config"]
     (out / "config.yaml").write_text(yaml.safe_dump(plain(config.final_config_dict), sort_keys=True))
     scored = [h for h in history if "valid_score" in h]
@@ -175,9 +152,14 @@ def run_one(spec_file: Path) -> dict[str, Any]:
         "history": history,
     }
     write_json(out / "run.json", record)
-    for checkpoint in (out / "saved").glob("*.pth"):  # results keep numbers and configs, not weights
-        checkpoint.unlink()
+    clear_checkpoints(out)  # results keep numbers and configs, not weights
     return record
+
+
+def clear_checkpoints(out: Path) -> None:
+    """Remove a run's checkpoints and training states (``saved/``)."""
+    for checkpoint in (out / "saved").glob("*.pth"):
+        checkpoint.unlink()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -202,7 +184,12 @@ def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False)
             print(f"[{index}/{len(specs)}] {name}: finished earlier with the same settings, kept", flush=True)
             continue
         out.mkdir(parents=True, exist_ok=True)
-        (out / "spec.json").write_text(json.dumps(spec, indent=1))
+        previous = out / "spec.json"
+        if rerun or not previous.is_file() or json.loads(previous.read_text()).get("key") != spec["key"]:
+            clear_checkpoints(out)  # a training state left by other settings (or --rerun) must not be resumed
+        elif list((out / "saved").glob("*.state.pth")):
+            print(f"[{index}/{len(specs)}] {name}: continuing an interrupted run from its last finished epoch")
+        previous.write_text(json.dumps(spec, indent=1))
         log = results_dir / "logs" / f"{name}.log"
         print(f"[{index}/{len(specs)}] {name}: training (log: {log})", flush=True)
         started = time.perf_counter()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from logging import getLogger
+from pathlib import Path
 from typing import Any
 
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed
 
 from acerec_recbole.config import Config
+from acerec_recbole.trainer import find_resumable_state, resumable
 
 
 def run(
@@ -20,12 +21,14 @@ def run(
     config_dict: dict[str, Any] | None = None,
     cmd_args: list[str] | None = None,
     saved: bool = True,
-    trainer_hook: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Train, select on validation, test. Mirrors ``recbole.quick_start.run_recbole``.
 
-    Returns the validation/test metrics plus what a benchmark needs: the config, the trained model,
-    the checkpoint path and wall times.
+    With the config key ``resume`` (``--resume=True``: the newest training state of this model and
+    dataset in ``checkpoint_dir``; ``--resume=PATH``: that state file) an interrupted run continues
+    after its last finished epoch; a finished one goes straight to its test. Returns the
+    validation/test metrics plus what a benchmark needs: the config, the trained model, the trainer
+    (``epoch_history``), the checkpoint path and times.
     """
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
@@ -43,14 +46,17 @@ def run(
     recommender = config.model_class(config, train_data.dataset).to(config["device"])
     logger.info(recommender)
 
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-    if trainer_hook is not None:
-        trainer_hook(trainer)
+    trainer = resumable(get_trainer(config["MODEL_TYPE"], config["model"]))(config, recommender)
+    state_file = state_to_resume(config)
+    if state_file is not None:
+        trainer.resume(state_file)
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.perf_counter() - started
+    if trainer.epoch_history:  # counts the epochs of every session of a resumed run, not only this one
+        train_seconds = sum(h["train_seconds"] + h.get("valid_seconds", 0.0) for h in trainer.epoch_history)
     started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - started
@@ -62,13 +68,29 @@ def run(
         "trainer": trainer,
         "model_file": trainer.saved_model_file if saved else None,
         "best_valid_score": best_valid_score,
-        "best_valid_result": dict(best_valid_result),
+        "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "test_seconds": test_seconds,
         "test_users": evaluated_users(test_data),
     }
+
+
+def state_to_resume(config: Any) -> Path | None:
+    """The training state named by the config key ``resume`` (True: find it; a path: that file)."""
+    value = config["resume"]
+    if value is None or value is False or str(value).lower() in ("", "false", "0", "none"):
+        return None
+    if value is True or str(value).lower() == "true":
+        found = find_resumable_state(config["checkpoint_dir"], config["model"], config["dataset"])
+        if found is None:
+            getLogger().info(
+                f"resume: no training state of {config['model']} on {config['dataset']} in "
+                f"{config['checkpoint_dir']}; starting a fresh run."
+            )
+        return found
+    return Path(value)
 
 
 def evaluated_users(eval_data: Any) -> int:

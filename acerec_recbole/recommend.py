@@ -37,6 +37,7 @@ from acerec_recbole.semantic_ids import (
     encode_texts,
     item_texts,
 )
+from acerec_recbole.trainer import CheckpointError, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,12 @@ class Recommender:
                 f"Checkpoint {path} does not exist. Training writes checkpoints to checkpoint_dir (default saved/); "
                 "pass one of those files as --checkpoint."
             )
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or not {"config", "state_dict"} <= set(saved):
-            raise ValueError(f"{path} is not a RecBole checkpoint (no 'config' / 'state_dict' inside).")
+        saved = load_checkpoint(path, required=("config", "state_dict"))
+        if "format" in saved:  # a training state (trainer.py), not a model checkpoint
+            raise CheckpointError(
+                f"{path} is a training state for resuming, not a model checkpoint: recommend from the run's best "
+                f"checkpoint, {saved.get('saved_model_file')}."
+            )
         config = saved["config"]
         trained_on, trained_path = config["dataset"], config["data_path"]
         if dataset or data_path:

@@ -1,12 +1,354 @@
-"""RecBole's Trainer plus the warm-up + cosine learning-rate schedule that RPG and ACERec train with."""
+"""Trainers: atomic checkpoints and resumable training for every model, plus the warm-up + cosine
+learning-rate schedule that RPG and ACERec train with.
+
+RecBole's Trainer writes its checkpoint with ``torch.save`` over the same file (a kill mid-write leaves
+it empty) and keeps no state to continue from. ``resumable(trainer_class)`` adds, to RecBole's
+standard trainer or any subclass that keeps its fit loop:
+
+- checkpoints written atomically (temporary file in the same folder, fsync, rename);
+- after every epoch, a training state beside the checkpoint (``<checkpoint>.state.pth``): model,
+  optimizer, schedule, epoch, best validation score and result, early-stopping counter, the epoch
+  history, every random-number generator that training draws from, and the resolved config;
+- ``resume(state_file)``, after which ``fit`` continues with the next epoch exactly as the
+  uninterrupted run would have (same batches, same dropout masks).
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import random
+import tempfile
+import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from recbole.trainer import Trainer
+from recbole.utils import dict2str, early_stopping, set_color
 from torch.optim.lr_scheduler import LambdaLR
+
+STATE_SUFFIX = ".state.pth"
+# Config keys that may differ between an interrupted run and its resumption (where files live, how
+# verbose it is, the resume request itself); any other difference means a different run.
+RESUME_IGNORED_KEYS = frozenset(
+    {"resume", "show_progress", "state", "data_path", "checkpoint_dir", "device", "gpu_id", "use_gpu", "log_wandb"}
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or training-state file that cannot be used; the message names the file and why."""
+
+
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``:
+    a kill at any moment leaves either the previous file or the new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle, pickle_protocol=4)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple[str, ...] = ("state_dict",)) -> dict:
+    """Load a checkpoint this package or RecBole wrote; a missing, empty, truncated or foreign file is a
+    ``CheckpointError`` naming the file and what is wrong (never a bare EOFError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"Checkpoint {path} is empty (0 bytes): it was being written when its process was killed (RecBole "
+            "overwrites checkpoints in place). Use another checkpoint or train again."
+        )
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}). Use another checkpoint "
+            "or train again."
+        ) from err
+    missing = [key for key in required if not isinstance(data, dict) or key not in data]
+    if missing:
+        found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(
+            f"{path} is not a RecBole model checkpoint: it lacks {missing} (found {found}). Pass a .pth file "
+            "written by run_recbole.py / RecBole's trainer."
+        )
+    return data
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two resolved configs (``RESUME_IGNORED_KEYS`` aside)."""
+    keys = (set(saved) | set(current)) - RESUME_IGNORED_KEYS
+    return sorted(k for k in keys if _plain(saved.get(k)) != _plain(current.get(k)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def find_resumable_state(checkpoint_dir: str | Path, model: str, dataset: str) -> Path | None:
+    """The newest training state of ``model`` on ``dataset`` in ``checkpoint_dir``, if any."""
+    states = sorted(Path(checkpoint_dir).glob(f"{model}-*{STATE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(states):
+        try:
+            state = load_checkpoint(path, required=("config",))
+        except CheckpointError:
+            continue
+        if state["config"].get("dataset") == dataset:
+            return path
+    return None
+
+
+class ResumableTrainerMixin:
+    """Atomic checkpoints, a training state after every epoch, and ``resume``; see the module docstring.
+
+    The fit loop is RecBole's (train, validate every ``eval_step`` epochs, early stopping on
+    ``valid_metric``, checkpoint on improvement), written out here so that the state can be saved at
+    the end of each epoch and training can start again at any epoch.
+    """
+
+    def __init__(self, config: Any, model: Any) -> None:
+        super().__init__(config, model)
+        self.state_file = str(Path(self.saved_model_file).with_suffix(STATE_SUFFIX))
+        self.epoch_history: list[dict[str, Any]] = []
+        self.scheduler: Any = None
+        self.stopped = False
+        self.finished = False
+        self.last_epoch = -1
+        self._pending_state: dict[str, Any] | None = None
+
+    # --------------------------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        save_atomically(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def build_scheduler(self, train_data: Any) -> Any:
+        """A learning-rate scheduler stepped after every optimiser step, or None (RecBole's default)."""
+        return None
+
+    def _save_state(self, epoch: int, train_data: Any) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = {
+            "format": "acerec-recbole training state v1",
+            "config": dict(self.config.final_config_dict),
+            "model": self.config["model"],
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": dict(self.best_valid_result) if self.best_valid_result is not None else None,
+            "stopped": self.stopped,
+            "finished": self.finished,
+            "saved_model_file": self.saved_model_file,
+            "epoch_history": self.epoch_history,
+            "train_loss_dict": dict(self.train_loss_dict),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "train_loader": train_data.generator.get_state() if hasattr(train_data, "generator") else None,
+            },
+        }
+        save_atomically(state, self.state_file)
+
+    def resume(self, state_file: str | Path) -> None:
+        """Load a training state; the next ``fit`` continues after its last finished epoch.
+
+        Refuses a state whose model, dataset or settings differ from this run's (naming the keys).
+        """
+        state = load_checkpoint(state_file, required=("format", "config", "optimizer", "rng"))
+        differences = config_differences(state["config"], dict(self.config.final_config_dict))
+        if differences:
+            shown = ", ".join(f"{k}: {state['config'].get(k)!r} -> {self.config[k]!r}" for k in differences[:8])
+            raise CheckpointError(
+                f"Cannot resume from {state_file}: it was trained with other settings ({len(differences)} keys "
+                f"differ; saved -> now: {shown}). Resume with the same settings, or start a fresh run without "
+                "--resume (or with another checkpoint_dir)."
+            )
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state.get("other_parameter"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        self.last_epoch = state["epoch"]
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.stopped, self.finished = state["stopped"], state["finished"]
+        self.saved_model_file = state["saved_model_file"]
+        self.state_file = str(state_file)
+        self.epoch_history = list(state["epoch_history"])
+        self.train_loss_dict.update(state["train_loss_dict"])
+        self._pending_state = state  # schedule and random generators are restored when fit starts
+        self.logger.info(
+            f"Resuming from {state_file}: {len(self.epoch_history)} epochs done, best {self.valid_metric} "
+            f"{self.best_valid_score:.4f}" + (", training already finished" if self.finished else "")
+        )
+
+    def _restore_generators(self, state: dict[str, Any], train_data: Any) -> None:
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng["train_loader"] is not None and hasattr(train_data, "generator"):
+            train_data.generator.set_state(rng["train_loader"])
+
+    # -------------------------------------------------------------------------------------- fit loop
+
+    def fit(
+        self,
+        train_data: Any,
+        valid_data: Any = None,
+        verbose: bool = True,
+        saved: bool = True,
+        show_progress: bool = False,
+        callback_fn: Any = None,
+    ) -> tuple[float, Any]:
+        self.scheduler = self.build_scheduler(train_data)
+        if self._pending_state is not None:
+            if self.scheduler is not None and self._pending_state["scheduler"] is not None:
+                self.scheduler.load_state_dict(self._pending_state["scheduler"])
+                # building the scheduler set the learning rate of its first step: take the saved one back
+                self.optimizer.load_state_dict(self._pending_state["optimizer"])
+            self._restore_generators(self._pending_state, train_data)
+            self._pending_state = None
+        self.eval_collector.data_collect(train_data)
+        if self.config["train_neg_sample_args"].get("dynamic", False):
+            train_data.get_model(self.model)
+
+        for epoch_idx in range(self.start_epoch, self.epochs):
+            if self.stopped:
+                break
+            started = time.time()
+            train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+            ended = time.time()
+            self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch_idx, started, ended, train_loss))
+            self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
+            entry: dict[str, Any] = {
+                "epoch": epoch_idx + 1,
+                "train_seconds": ended - started,
+                "train_loss": float(self.train_loss_dict[epoch_idx]),
+            }
+            if self.eval_step <= 0 or not valid_data:
+                if saved:
+                    self._save_checkpoint(epoch_idx, verbose=verbose)
+            elif (epoch_idx + 1) % self.eval_step == 0:
+                self._validate(epoch_idx, valid_data, entry, verbose, saved, show_progress, callback_fn)
+            self.epoch_history.append(entry)
+            self.last_epoch = epoch_idx
+            if saved:
+                self._save_state(epoch_idx, train_data)
+            if self.stopped:
+                best = epoch_idx - self.cur_step * self.eval_step
+                if verbose:
+                    self.logger.info(f"Finished training, best eval result in epoch {best}")
+                break
+        self.finished = True
+        if saved and self.last_epoch >= 0:
+            self._save_state(self.last_epoch, train_data)
+        self._add_hparam_to_tensorboard(self.best_valid_score)
+        return self.best_valid_score, self.best_valid_result
+
+    def _validate(
+        self,
+        epoch_idx: int,
+        valid_data: Any,
+        entry: dict[str, Any],
+        verbose: bool,
+        saved: bool,
+        show_progress: bool,
+        callback_fn: Any,
+    ) -> None:
+        started = time.time()
+        valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
+        self.best_valid_score, self.cur_step, self.stopped, improved = early_stopping(
+            valid_score,
+            self.best_valid_score,
+            self.cur_step,
+            max_step=self.stopping_step,
+            bigger=self.valid_metric_bigger,
+        )
+        seconds = time.time() - started
+        entry.update(
+            valid_seconds=seconds, valid_score=float(valid_score), **{k: float(v) for k, v in valid_result.items()}
+        )
+        if verbose:
+            self.logger.info(
+                set_color(f"epoch {epoch_idx} evaluating", "green")
+                + f" [time: {seconds:.2f}s, valid_score: {valid_score:f}]"
+            )
+            self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(valid_result))
+        self.tensorboard.add_scalar("Vaild_score", valid_score, epoch_idx)
+        if improved:
+            if saved:
+                self._save_checkpoint(epoch_idx, verbose=verbose)
+            self.best_valid_result = valid_result
+        if callback_fn:
+            callback_fn(epoch_idx, valid_score)
+
+
+def resumable(trainer_class: type) -> type:
+    """``trainer_class`` with atomic checkpoints, per-epoch training states and ``resume``.
+
+    Trainers that replace RecBole's fit loop (e.g. decision-tree or pre-training trainers) get atomic
+    checkpoints only; ``resume`` is then refused with a clear message.
+    """
+    if issubclass(trainer_class, ResumableTrainerMixin):
+        return trainer_class
+    if issubclass(trainer_class, Trainer) and trainer_class.fit is Trainer.fit:
+        return type(trainer_class.__name__, (ResumableTrainerMixin, trainer_class), {"__module__": __name__})
+
+    def refuse(self: Any, state_file: Any) -> None:
+        raise CheckpointError(f"{trainer_class.__name__} has its own fit loop: resuming it is not supported.")
+
+    def atomic_save(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+        ResumableTrainerMixin._save_checkpoint(self, epoch, verbose, **kwargs)
+
+    return type(
+        trainer_class.__name__,
+        (trainer_class,),
+        {"__module__": __name__, "resume": refuse, "_save_checkpoint": atomic_save, "epoch_history": []},
+    )
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -21,17 +363,21 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-class SemanticIDTrainer(Trainer):
+class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
     """``lr_scheduler: cosine`` (default for ACERec/RPG) or ``none``; ``warmup_ratio`` of all steps.
 
-    The schedule spans ``epochs`` x batches per epoch and advances after every optimiser step;
-    early stopping simply ends it sooner. (Resuming from a checkpoint restarts the schedule.)
+    The schedule spans ``epochs`` x batches per epoch and advances after every optimiser step; early
+    stopping simply ends it sooner. Its position is part of the training state, so a resumed run
+    continues the same schedule.
     """
 
-    def fit(self, train_data: Any, *args: Any, **kwargs: Any) -> Any:
-        if (self.config["lr_scheduler"] or "none").lower() == "cosine":
-            total = max(1, self.epochs * len(train_data))
-            warmup = max(1, int(total * (self.config["warmup_ratio"] or 0.0)))
-            scheduler = LambdaLR(self.optimizer, warmup_cosine(total, warmup))
-            self.optimizer.register_step_post_hook(lambda *_: scheduler.step())
-        return super().fit(train_data, *args, **kwargs)
+    def build_scheduler(self, train_data: Any) -> Any:
+        if (self.config["lr_scheduler"] or "none").lower() != "cosine":
+            return None
+        total = max(1, self.epochs * len(train_data))
+        warmup = max(1, int(total * (self.config["warmup_ratio"] or 0.0)))
+        scheduler = LambdaLR(self.optimizer, warmup_cosine(total, warmup))
+        if not getattr(self, "_schedule_hooked", False):
+            self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step() if self.scheduler else None)
+            self._schedule_hooked = True
+        return scheduler

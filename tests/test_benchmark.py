@@ -84,3 +84,38 @@ def test_benchmark_errors_name_the_missing_file_or_profile(plan_file):
         benchmark.main(["--dataset=nowhere"])
     with pytest.raises(ValueError, match="no profile 'gpu'"):
         benchmark.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=gpu"])
+
+
+def test_an_interrupted_benchmark_run_continues_from_its_last_epoch(plan_file, tmp_path, capsys):
+    """Kill a benchmark run (SIGKILL) after its first epoch; the next benchmark call finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    results = tmp_path / "results"
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG", "--seeds=3"]
+    plan = benchmark.load_plan("toyshop", "cpu", str(plan_file))
+    spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=8"])
+    out = results / "runs" / "RPG-seed3"
+    out.mkdir(parents=True)
+    (out / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(benchmark.PROJECT_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not list((out / "saved").glob("*.state.pth")) and time.time() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (out / "run.json").exists()
+
+    capsys.readouterr()
+    benchmark.main(argv + ["--epochs=8"])
+    assert "continuing an interrupted run from its last finished epoch" in capsys.readouterr().out
+    record = json.loads((out / "run.json").read_text())
+    assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
+    assert not list((out / "saved").glob("*.pth"))  # weights and states are removed once the run is recorded
