@@ -251,7 +251,9 @@ class Recommender:
         if not ids:
             return []
         settings = SemanticIDSettings.from_config(self.config)
-        quantiser = OPQQuantiser.from_array(self.model.sid_quantiser.cpu().numpy(), self.model.num_digits)
+        quantiser = OPQQuantiser.from_array(
+            self.model.sid_quantiser.cpu().numpy(), self.model.num_digits, self.model.codebook_size
+        )
         codes = torch.as_tensor(quantiser.encode(encode_texts(texts, settings)), device=self.model.item_codes.device)
         self.model.item_codes = torch.cat([self.model.item_codes, codes])
         self.model.n_items = len(self.model.item_codes)

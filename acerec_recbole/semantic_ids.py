@@ -45,6 +45,8 @@ class SemanticIDSettings:
     codebook_size: int = 256
     seed: int = 2026
     opq_iters: int = 20
+    pca_dim: int | None = None
+    pca_whiten: bool = True
     cache_dir: str | None = None
 
     @classmethod
@@ -65,6 +67,8 @@ class SemanticIDSettings:
             codebook_size=int(get("sid_codebook_size", 256)),
             seed=int(get("sid_seed", 2026)),
             opq_iters=int(get("sid_opq_iters", 20)),
+            pca_dim=int(config["sid_pca_dim"]) if config["sid_pca_dim"] else None,
+            pca_whiten=bool(get("sid_pca_whiten", True)),
             cache_dir=get("sid_cache_dir", None),
         )
 
@@ -183,17 +187,53 @@ def check_quantiser_settings(dim: int, n_train: int, num_digits: int, codebook_s
     return nbits
 
 
+def fit_pca(train: np.ndarray, out_dim: int, whiten: bool) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the training embeddings as y = x @ matrix + bias, keeping ``out_dim`` components.
+
+    With ``whiten`` every component is scaled to unit variance, so that OPQ's k-means spends its
+    codes evenly instead of on the few directions where sentence embeddings vary most (what RPG does
+    before OPQ). Component signs are fixed (largest coordinate positive), so the result is deterministic.
+    """
+    if not 0 < out_dim <= min(train.shape[1], len(train) - 1):
+        raise SemanticIDError(
+            f"sid_pca_dim={out_dim} must be between 1 and min(embedding dimension {train.shape[1]}, training items - 1 "
+            f"= {len(train) - 1}); use ~ for no PCA."
+        )
+    data = train.astype(np.float64)
+    mean = data.mean(axis=0)
+    centred = data - mean
+    eigvals, eigvecs = np.linalg.eigh(centred.T @ centred / (len(data) - 1))
+    top = np.argsort(eigvals)[::-1][:out_dim]
+    matrix = eigvecs[:, top]
+    matrix *= np.where(matrix[np.abs(matrix).argmax(axis=0), np.arange(out_dim)] < 0, -1.0, 1.0)
+    if whiten:
+        matrix /= np.sqrt(np.maximum(eigvals[top], 1e-12))
+    return matrix.astype(np.float32), (-mean @ matrix).astype(np.float32)
+
+
 def opq_codes(
-    embeddings: np.ndarray, train_rows: np.ndarray, num_digits: int, codebook_size: int, seed: int, opq_iters: int
+    embeddings: np.ndarray,
+    train_rows: np.ndarray,
+    num_digits: int,
+    codebook_size: int,
+    seed: int,
+    opq_iters: int,
+    pca_dim: int | None = None,
+    pca_whiten: bool = True,
 ) -> tuple[np.ndarray, OPQQuantiser]:
     """Train OPQ (rotation + product quantiser) on ``embeddings[train_rows]``; encode every row.
 
     OPQ by alternation (Ge et al., 2013): PQ k-means in the rotated space, then the orthogonal
     Procrustes rotation that best maps the data onto its reconstruction. The PQ is faiss's; the
     rotation loop is ours because faiss's OPQMatrix hard-codes 8-bit inner codebooks (>= 256 training
-    points) and crashes when given its own ProductQuantizer. Returns the codes and the trained
+    points) and crashes when given its own ProductQuantizer. With ``pca_dim`` the embeddings first go
+    through a (whitened) PCA fitted on the same training items. Returns the codes and the trained
     quantiser (which encodes items added later into the same code space).
     """
+    pca = None
+    if pca_dim:
+        pca = fit_pca(embeddings[train_rows], pca_dim, pca_whiten)
+        embeddings = embeddings.astype(np.float32) @ pca[0] + pca[1]
     dim = embeddings.shape[1]
     nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
     train = np.ascontiguousarray(embeddings[train_rows], dtype=np.float32)
@@ -211,12 +251,16 @@ def opq_codes(
 
     centroids = faiss.vector_to_array(pq.centroids).reshape(num_digits, codebook_size, dim // num_digits)
     quantiser = OPQQuantiser(rotation, centroids)
-    return quantiser.encode(embeddings), quantiser
+    codes = quantiser.encode(embeddings)
+    if pca is not None:
+        quantiser = OPQQuantiser(rotation, centroids, *pca)
+    return codes, quantiser
 
 
 @dataclass(frozen=True)
 class OPQQuantiser:
-    """A trained OPQ: ``rotation`` (dim, dim), applied as x @ rotation, and PQ ``centroids`` (m, M, dim / m).
+    """A trained OPQ: ``rotation`` (dim, dim), applied as x @ rotation, and PQ ``centroids`` (m, M, dim / m),
+    optionally after a PCA ``x @ pca_matrix + pca_bias`` (input dim -> dim).
 
     Stored beside the codes and inside model checkpoints, so that items added after training get
     codes in the same space without retraining anything.
@@ -224,10 +268,13 @@ class OPQQuantiser:
 
     rotation: np.ndarray
     centroids: np.ndarray
+    pca_matrix: np.ndarray | None = None
+    pca_bias: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
-        return self.rotation.shape[0]
+        """Dimension of the embeddings it encodes (the text encoder's)."""
+        return self.rotation.shape[0] if self.pca_matrix is None else self.pca_matrix.shape[0]
 
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, dim) embeddings -> (n, m) int64 codes, with faiss's PQ encoder."""
@@ -239,24 +286,32 @@ class OPQQuantiser:
                 f"Embeddings of dimension {embeddings.shape[-1]} cannot be quantised by a quantiser trained on "
                 f"dimension {self.dim}: encode new items with the run's own text encoder (sid_text_encoder)."
             )
+        embeddings = embeddings.astype(np.float32)
+        if self.pca_matrix is not None:
+            embeddings = embeddings @ self.pca_matrix + self.pca_bias
         nbits = int(codebook_size).bit_length() - 1
-        pq = faiss.ProductQuantizer(self.dim, num_digits, nbits)
+        pq = faiss.ProductQuantizer(self.rotation.shape[0], num_digits, nbits)
         faiss.copy_array_to_vector(np.ascontiguousarray(self.centroids, dtype=np.float32).ravel(), pq.centroids)
-        rotated = np.ascontiguousarray(embeddings.astype(np.float32) @ self.rotation)
+        rotated = np.ascontiguousarray(embeddings @ self.rotation)
         return unpack_codes(pq.compute_codes(rotated), num_digits, nbits)
 
     def to_array(self) -> np.ndarray:
-        """One (dim + M, dim) float32 array: the rotation, then row j = code j of every digit side by side."""
+        """One float32 array of width dim: [PCA matrix (input dim rows); PCA bias (1 row)] when there is a
+        PCA, then the rotation (dim rows), then row j = code j of every digit side by side (M rows)."""
         num_digits, codebook_size, sub_dim = self.centroids.shape
         by_code = self.centroids.transpose(1, 0, 2).reshape(codebook_size, num_digits * sub_dim)
-        return np.concatenate([self.rotation, by_code]).astype(np.float32)
+        pca = [] if self.pca_matrix is None else [self.pca_matrix, self.pca_bias[None]]
+        return np.concatenate([*pca, self.rotation, by_code]).astype(np.float32)
 
     @classmethod
-    def from_array(cls, array: np.ndarray, num_digits: int) -> OPQQuantiser:
+    def from_array(cls, array: np.ndarray, num_digits: int, codebook_size: int) -> OPQQuantiser:
+        array = np.asarray(array, dtype=np.float32)
         dim = array.shape[1]
-        by_code = np.asarray(array[dim:], dtype=np.float32)
-        centroids = by_code.reshape(len(by_code), num_digits, dim // num_digits).transpose(1, 0, 2)
-        return cls(np.asarray(array[:dim], dtype=np.float32), np.ascontiguousarray(centroids))
+        extra = len(array) - dim - codebook_size  # 0, or the PCA's input dim + 1 bias row
+        pca_matrix, pca_bias = (array[: extra - 1], array[extra - 1]) if extra else (None, None)
+        by_code = array[extra + dim :]
+        centroids = by_code.reshape(codebook_size, num_digits, dim // num_digits).transpose(1, 0, 2)
+        return cls(array[extra : extra + dim], np.ascontiguousarray(centroids), pca_matrix, pca_bias)
 
 
 def _product_quantiser(dim: int, num_digits: int, nbits: int, seed: int, kmeans_iters: int) -> Any:
@@ -417,26 +472,40 @@ def build_semantic_ids(
     train_ids = train_ids[train_ids > 0]
     train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
+    if settings.pca_dim:  # only then, so that caches made before the PCA option keep their keys
+        quant.update(pca_dim=settings.pca_dim, pca_whiten=settings.pca_whiten)
     code_key = _digest("codes-v3", emb_key, quant, train_rows.tolist())
     started = time.perf_counter()
     dim = embeddings.shape[1]
+    code_dim = settings.pca_dim or dim
+    quantiser_rows = code_dim + settings.codebook_size + (dim + 1 if settings.pca_dim else 0)
     text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
-    stored = cache.load(f"opq-{code_key}.npy", dim + settings.codebook_size, dim)
+    stored = cache.load(f"opq-{code_key}.npy", quantiser_rows, code_dim)
     if text_codes is not None and stored is not None:
         logger.info(f"Reusing cached codes-{code_key}.npy and its quantiser")
-        quantiser = OPQQuantiser.from_array(stored, settings.num_digits)
+        quantiser = OPQQuantiser.from_array(stored, settings.num_digits, settings.codebook_size)
     else:
         if len(train_rows) < 39 * settings.codebook_size:
             logger.info(
                 f"{len(train_rows)} training items for {settings.codebook_size} codes per digit "
                 "(faiss suggests 39x as many): codes are learned from few points per centroid."
             )
+        pca = (
+            f", after {'whitened ' if settings.pca_whiten else ''}PCA to {settings.pca_dim}" if settings.pca_dim else ""
+        )
         logger.info(
-            f"Training OPQ (m={settings.num_digits}, M={settings.codebook_size}) on {len(train_rows)} "
+            f"Training OPQ (m={settings.num_digits}, M={settings.codebook_size}{pca}) on {len(train_rows)} "
             "training items ..."
         )
         text_codes, quantiser = opq_codes(
-            embeddings, train_rows, settings.num_digits, settings.codebook_size, settings.seed, settings.opq_iters
+            embeddings,
+            train_rows,
+            settings.num_digits,
+            settings.codebook_size,
+            settings.seed,
+            settings.opq_iters,
+            settings.pca_dim,
+            settings.pca_whiten,
         )
         cache.save(f"opq-{code_key}.npy", quantiser.to_array())
         cache.save(f"codes-{code_key}.npy", text_codes)

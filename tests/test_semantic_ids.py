@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from conftest import TOPICS, build_pipeline, topic_of, write_dataset
 
 from acerec_recbole import semantic_ids
@@ -55,11 +56,40 @@ def test_stored_quantiser_encodes_exactly_like_training(codebook_size):
     rng = np.random.default_rng(2)
     embeddings = rng.normal(size=(400, 32)).astype(np.float32)
     codes, quantiser = opq_codes(embeddings, np.arange(300), 4, codebook_size, seed=0, opq_iters=2)
-    restored = semantic_ids.OPQQuantiser.from_array(quantiser.to_array(), num_digits=4)
+    restored = semantic_ids.OPQQuantiser.from_array(quantiser.to_array(), num_digits=4, codebook_size=codebook_size)
     assert np.array_equal(restored.encode(embeddings), codes)  # rows 300+ were never seen in training
     assert np.allclose(restored.rotation @ restored.rotation.T, np.eye(32), atol=1e-4)
     with pytest.raises(semantic_ids.SemanticIDError, match="dimension 16 cannot be quantised"):
         restored.encode(embeddings[:, :16])
+
+
+def test_whitened_pca_before_opq_is_stored_and_reproduced():
+    rng = np.random.default_rng(3)
+    scales = np.linspace(5.0, 0.1, 48)  # a few directions dominate, as in sentence embeddings
+    embeddings = (rng.normal(size=(500, 48)) * scales).astype(np.float32)
+    train_rows = np.arange(400)
+    matrix, bias = semantic_ids.fit_pca(embeddings[train_rows], 16, whiten=True)
+    projected = embeddings[train_rows] @ matrix + bias
+    assert np.allclose(projected.mean(axis=0), 0, atol=1e-4)
+    assert np.allclose(np.cov(projected.T), np.eye(16), atol=1e-3)  # whitened: unit variance, uncorrelated
+
+    codes, quantiser = opq_codes(embeddings, train_rows, 4, 16, seed=0, opq_iters=2, pca_dim=16)
+    plain, _ = opq_codes(embeddings, train_rows, 4, 16, seed=0, opq_iters=2)
+    assert not np.array_equal(codes, plain)
+    restored = semantic_ids.OPQQuantiser.from_array(quantiser.to_array(), num_digits=4, codebook_size=16)
+    assert restored.dim == 48 and restored.rotation.shape == (16, 16)
+    assert np.array_equal(restored.encode(embeddings), codes)  # rows 400+ were never seen in training
+    with pytest.raises(semantic_ids.SemanticIDError, match="sid_pca_dim=64 must be between 1 and"):
+        semantic_ids.fit_pca(embeddings[train_rows], 64, whiten=True)
+
+
+def test_pca_setting_reaches_the_pipeline_and_its_own_cache(toy_data, sid_cache):
+    _, plain_data, _, _ = build_pipeline("RPG", toy_data, sid_cache)
+    _, pca_data, _, model = build_pipeline("RPG", toy_data, sid_cache, sid_pca_dim=16)
+    assert not torch.equal(plain_data.semantic_ids, pca_data.semantic_ids)
+    assert model.sid_quantiser.shape == (384 + 1 + 16 + 16, 16)  # PCA (384 -> 16) + rotation + 16 codes
+    _, again, _, _ = build_pipeline("RPG", toy_data, sid_cache, sid_pca_dim=16)  # from the cache
+    assert torch.equal(again.semantic_ids, pca_data.semantic_ids)
 
 
 def test_sub_byte_codebooks_unpack_to_valid_codes():
