@@ -64,9 +64,12 @@ def run_spec(plan: dict[str, Any], model: str, dataset: str, seed: int, config_f
     files or the data live) decides whether a finished run can be reused."""
     config_dict = {**(plan.get("all") or {}), **(plan.get(model) or {}), "seed": int(seed), "reproducibility": True}
     config_dict.setdefault("show_progress", False)
+    # a named variant (e.g. an ablation "ACERec-mean") says which model it trains with a `model:` key
+    model_class = config_dict.pop("model", model)
     cmd_args = [absolute_data_path(arg) for arg in cmd_args]
     spec = {
         "model": model,
+        **({"model_class": model_class} if model_class != model else {}),
         "dataset": dataset,
         "seed": int(seed),
         "config_files": [str(Path(f).resolve()) for f in config_files],
@@ -74,7 +77,7 @@ def run_spec(plan: dict[str, Any], model: str, dataset: str, seed: int, config_f
         "cmd_args": cmd_args,
     }
     identity = {
-        **{k: spec[k] for k in ("model", "dataset", "seed", "config_dict")},
+        **{k: v for k, v in spec.items() if k not in ("config_files", "cmd_args")},
         "cmd_args": [a for a in cmd_args if not a.startswith("--data_path=")],
         "config_files": [Path(f).read_text() for f in spec["config_files"]],
     }
@@ -91,7 +94,7 @@ def absolute_data_path(arg: str) -> str:
 
 def reproduce_command(spec: dict[str, Any]) -> str:
     """The run_recbole.py command that trains the same run alone."""
-    parts = [f"python run_recbole.py --model={spec['model']} --dataset={spec['dataset']}"]
+    parts = [f"python run_recbole.py --model={spec.get('model_class', spec['model'])} --dataset={spec['dataset']}"]
     if spec["config_files"]:
         parts.append('--config_files="' + " ".join(spec["config_files"]) + '"')
     for key, value in spec["config_dict"].items():
@@ -125,7 +128,8 @@ def run_one(spec_file: Path) -> dict[str, Any]:
     out = spec_file.parent
     # resume=True: a run killed mid-way continues from its last finished epoch (saved/*.state.pth)
     config_dict = {**spec["config_dict"], "checkpoint_dir": str(out / "saved"), "resume": True}
-    result = run(spec["model"], spec["dataset"], spec["config_files"] or None, config_dict, spec["cmd_args"])
+    model = spec.get("model_class", spec["model"])
+    result = run(model, spec["dataset"], spec["config_files"] or None, config_dict, spec["cmd_args"])
     history = result["trainer"].epoch_history
     config = result["config"]
     (out / "config.yaml").write_text(yaml.safe_dump(plain(config.final_config_dict), sort_keys=True))

@@ -119,3 +119,18 @@ def test_an_interrupted_benchmark_run_continues_from_its_last_epoch(plan_file, t
     record = json.loads((out / "run.json").read_text())
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
     assert not list((out / "saved").glob("*.pth"))  # weights and states are removed once the run is recorded
+
+
+def test_a_named_variant_trains_its_model_class_under_its_own_name(plan_file, tmp_path):
+    """Ablation rows: a plan section with a `model:` key, e.g. `ACERec-mean: {model: ACERec, merger: mean}`."""
+    plan = yaml.safe_load(plan_file.read_text())
+    plan["profiles"]["cpu"]["RPG-narrow"] = {"model": "RPG", "hidden_size": 16, "inner_size": 32}
+    plan_file.write_text(yaml.safe_dump(plan))
+    results = tmp_path / "results"
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG-narrow", "--seeds=3"]
+    summary = benchmark.main(argv)
+    assert [s["model"] for s in summary] == ["RPG-narrow"]
+    record = json.loads((results / "runs/RPG-narrow-seed3/run.json").read_text())
+    assert record["model"] == "RPG-narrow" and record["hidden_size"] == 16
+    assert record["reproduce"].startswith("python run_recbole.py --model=RPG --dataset=toyshop")
+    assert yaml.safe_load((results / "runs/RPG-narrow-seed3/config.yaml").read_text())["model"] == "RPG"
