@@ -1,9 +1,12 @@
 """Train and evaluate a model: ``python run_recbole.py --model=ACERec --dataset=ml-100k [--key=value ...]``.
 
 Same syntax as RecBole's own run_recbole.py: ``--config_files="a.yaml b.yaml"`` and any ``--key=value``
-override (highest priority). With no arguments at all: ACERec on ml-100k (bundled with RecBole, no
-download) with the small CPU profile ``properties/profile/cpu-small.yaml``; the paper profile is what
-``--model=ACERec`` gives (properties/model/ACERec.yaml).
+override (highest priority). With no arguments: ACERec on ml-100k (bundled with RecBole, no download).
+
+ACERec and RPG take a profile chosen for the hardware (``--profile=auto``, the default): on a machine
+without a GPU the small CPU profile ``properties/profile/cpu-small.yaml`` (d 64, 18 epochs), with a GPU
+the paper's settings (``properties/model/<Model>.yaml``, d 448). ``--profile=cpu`` or ``--profile=paper``
+forces one; ``--config_files`` and ``--key=value`` apply on top of either. Other models ignore it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,29 @@ from pathlib import Path
 
 DEFAULT_MODEL = "ACERec"
 DEFAULT_DATASET = "ml-100k"
-DEFAULT_PROFILE = Path(__file__).resolve().parent / "properties" / "profile" / "cpu-small.yaml"
+CPU_PROFILE = Path(__file__).resolve().parent / "properties" / "profile" / "cpu-small.yaml"
+PROFILED_MODELS = ("ACERec", "RPG")
+
+
+def choose_profile(model: str, requested: str, gpu: bool) -> tuple[list[str], str]:
+    """The profile's config files (applied beneath the user's) and a line saying which and why."""
+    if model not in PROFILED_MODELS:
+        return [], ""
+    why = ""
+    if requested == "auto":
+        requested, why = ("paper", "a GPU is available") if gpu else ("cpu", "no GPU found")
+        why += "; "
+    if requested == "cpu":
+        return [str(CPU_PROFILE)], (
+            f"Profile: cpu ({why}properties/profile/cpu-small.yaml: d 64, batch 64, 18 epochs). "
+            "--profile=paper gives the paper's settings (d 448, meant for a GPU)."
+        )
+    if requested == "paper":
+        return [], (
+            f"Profile: paper ({why}properties/model/{model}.yaml: d 448, 2 layers). "
+            "--profile=cpu gives the small CPU profile."
+        )
+    raise SystemExit(f"run_recbole.py: --profile={requested} is not one of auto, cpu, paper.")
 
 
 def main(argv: list[str]) -> dict:
@@ -22,13 +47,20 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
+    parser.add_argument(
+        "--profile", default="auto", help="auto (default: cpu without a GPU, paper with one) | cpu | paper"
+    )
     args, overrides = parser.parse_known_args(argv)
+
+    import torch
 
     from acerec_recbole import run
 
-    config_files = args.config_files.strip().split() if args.config_files else None
-    if not argv:
-        config_files = [str(DEFAULT_PROFILE)]
+    profile_files, profile_line = choose_profile(args.model, args.profile, torch.cuda.is_available())
+    if profile_line:
+        print(profile_line, flush=True)
+    user_files = args.config_files.strip().split() if args.config_files else []
+    config_files = profile_files + user_files or None
     result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")

@@ -115,3 +115,16 @@ def test_ml100k_honours_an_explicit_data_path_holding_it(tmp_path):
     (tmp_path / "ml-100k").mkdir()
     chosen = Config("SASRec", "ml-100k", cmd_args=[f"--data_path={tmp_path}"])["data_path"]
     assert chosen == str(tmp_path / "ml-100k")
+
+
+def test_acerec_and_rpg_get_the_profile_of_the_hardware_and_keep_it_with_other_flags():
+    cpu_files, line = run_recbole.choose_profile("ACERec", "auto", gpu=False)
+    assert cpu_files == [str(run_recbole.CPU_PROFILE)] and "Profile: cpu (no GPU found" in line
+    assert run_recbole.choose_profile("RPG", "auto", gpu=True)[0] == []  # paper profile on a GPU
+    assert run_recbole.choose_profile("SASRec", "auto", gpu=False) == ([], "")  # RecBole's models: untouched
+    with pytest.raises(SystemExit, match="--profile=fast is not one of"):
+        run_recbole.choose_profile("ACERec", "fast", gpu=False)
+    # any other flag keeps the profile: it is a layer beneath --config_files and --key=value
+    config = Config("ACERec", "ml-100k", cpu_files, cmd_args=["--epochs=5"])
+    assert config["hidden_size"] == 64 and config["epochs"] == 5
+    assert Config("ACERec", "ml-100k", cmd_args=["--epochs=5"])["hidden_size"] == 448
