@@ -39,7 +39,8 @@ def choose_profile(model: str, requested: str, gpu: bool) -> tuple[list[str], st
             f"Profile: paper ({why}properties/model/{model}.yaml: d 448, 2 layers). "
             "--profile=cpu gives the small CPU profile."
         )
-    raise SystemExit(f"run_recbole.py: --profile={requested} is not one of auto, cpu, paper.")
+    print(f"run_recbole.py: error: --profile={requested} is not one of auto, cpu, paper.", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str]) -> dict:
@@ -50,18 +51,21 @@ def main(argv: list[str]) -> dict:
     parser.add_argument(
         "--profile", default="auto", help="auto (default: cpu without a GPU, paper with one) | cpu | paper"
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of usage errors too")
     args, overrides = parser.parse_known_args(argv)
 
     import torch
 
     from acerec_recbole import run
+    from acerec_recbole.errors import usage_errors_exit
 
     profile_files, profile_line = choose_profile(args.model, args.profile, torch.cuda.is_available())
     if profile_line:
         print(profile_line, flush=True)
     user_files = args.config_files.strip().split() if args.config_files else []
     config_files = profile_files + user_files or None
-    result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
+    with usage_errors_exit("run_recbole.py", args.debug):
+        result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")
     return result

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from acerec_recbole.errors import MissingInputError, UsageError, usage_errors_exit
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARK_PROPERTIES = PROJECT_ROOT / "properties" / "benchmark"
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -47,14 +49,14 @@ def load_plan(dataset: str, profile: str, plan_file: str | None = None) -> dict[
     path = Path(plan_file) if plan_file else BENCHMARK_PROPERTIES / f"{dataset}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in BENCHMARK_PROPERTIES.glob("*.yaml"))
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"No benchmark settings for dataset '{dataset}': {path} does not exist. Known: {known}. "
             "Copy one of them (or pass --plan=<file>)."
         )
     plan = yaml.safe_load(path.read_text()) or {}
     profiles = plan.get("profiles", {})
     if profile not in profiles:
-        raise ValueError(f"{path} has no profile '{profile}'; it has {sorted(profiles)}. Use --profile=<one of them>.")
+        raise UsageError(f"{path} has no profile '{profile}'; it has {sorted(profiles)}. Use --profile=<one of them>.")
     settings = profiles[profile] or {}
     return {"file": str(path), "models": plan.get("models", []), "seeds": plan.get("seeds", [2020]), **settings}
 
@@ -397,4 +399,5 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    with usage_errors_exit("benchmark", debug="--debug" in sys.argv):
+        main([a for a in sys.argv[1:] if a != "--debug"])

@@ -7,6 +7,7 @@ RecBole's internal defaults < ``properties/overall.yaml`` < ``properties/model/<
 
 from __future__ import annotations
 
+import difflib
 import os
 from logging import getLogger
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import get_model as get_recbole_model
 
+from acerec_recbole.errors import MissingInputError, UsageError
 from acerec_recbole.model import MODELS
 
 PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
@@ -26,14 +28,27 @@ def get_model_class(name: str) -> type:
         return MODELS[name]
     try:
         return get_recbole_model(name)
-    except (ValueError, ImportError) as err:
+    except (ValueError, ImportError, AttributeError) as err:
         # RecBole's look-up ends in its exlib package, whose import needs lightgbm/xgboost: an unknown
-        # name then surfaces as an ImportError of an unrelated library.
-        known = ", ".join(sorted(MODELS))
-        raise ValueError(
-            f"Unknown model '{name}': not one of this package's models ({known}) nor in RecBole's zoo "
-            f"({type(err).__name__}: {err}). Check the spelling (names are case-sensitive, e.g. SASRec)."
+        # name then surfaces as an ImportError of an unrelated library, so that error is not repeated.
+        known = known_model_names()
+        close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, 3, 0.6)
+        hint = f"Did you mean {' or '.join(close)}? " if close else ""
+        raise UsageError(
+            f"Unknown model '{name}': not one of this package's models ({', '.join(sorted(MODELS))}) nor in "
+            f"RecBole's zoo. {hint}Names are case-sensitive (e.g. SASRec, GRU4Rec, BERT4Rec)."
         ) from err
+
+
+def known_model_names() -> list[str]:
+    """This package's models and the classes exported by RecBole's model packages."""
+    import importlib
+
+    names = set(MODELS)
+    for kind in ("general", "sequential", "context_aware", "knowledge_aware"):
+        module = importlib.import_module(f"recbole.model.{kind}_recommender")
+        names.update(n for n in dir(module) if n[:1].isupper())
+    return sorted(names)
 
 
 def parse_cmd_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -49,6 +64,21 @@ def parse_cmd_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
             raise ValueError(f"Command-line argument --{key} is given twice with different values.")
         parsed[key] = value
     return parsed, unrecognised
+
+
+def check_value_types(defaults: dict[str, Any], given: dict[str, Any], how: str) -> None:
+    """Numbers and switches must stay numbers and switches: ``--epochs=abc`` would otherwise fail deep
+    inside training. Keys without a numeric or boolean default are left to RecBole."""
+    for key, value in given.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, (int, float)):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise UsageError(f"{how.format(key=key, value=value)}: {key} must be {kind} (its default is {default}).")
 
 
 class Config(RecBoleConfig):
@@ -68,9 +98,14 @@ class Config(RecBoleConfig):
     ) -> None:
         for file in config_file_list or []:
             if not os.path.isfile(file):
-                raise FileNotFoundError(f"Config file '{file}' (from --config_files) does not exist.")
+                raise MissingInputError(f"Config file '{file}' (from --config_files) does not exist.")
         self._cmd_args = list(cmd_args or [])
         super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _get_final_config_dict(self) -> dict[str, Any]:
+        check_value_types(self.internal_config_dict, self.cmd_config_dict, "--{key}={value}")
+        check_value_types(self.internal_config_dict, self.file_config_dict, "{key}: {value} (in --config_files)")
+        return super()._get_final_config_dict()
 
     def _load_cmd_line(self) -> dict[str, Any]:
         parsed, unrecognised = parse_cmd_args(self._cmd_args)

@@ -11,6 +11,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed
 
 from acerec_recbole.config import Config
+from acerec_recbole.data.files import check_dataset_files
 from acerec_recbole.trainer import find_resumable_state, resumable
 
 
@@ -31,6 +32,7 @@ def run(
     (``epoch_history``), the checkpoint path and times.
     """
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    check_dataset_files(config)  # before the logger prints the whole config
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

