@@ -62,12 +62,16 @@ def main(argv: list[str]) -> dict:
     profile_files, profile_line = choose_profile(args.model, args.profile, torch.cuda.is_available())
     if profile_line:
         print(profile_line, flush=True)
+    if not any(arg.startswith("--show_progress=") for arg in overrides):
+        overrides.append(f"--show_progress={sys.stderr.isatty()}")  # progress bars on a terminal only
     user_files = args.config_files.strip().split() if args.config_files else []
     config_files = profile_files + user_files or None
     with usage_errors_exit("run_recbole.py", args.debug):
         result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")
+    print(f"checkpoint: {result['model_file']}")
+    print(f"log: {result['log_file']}")
     return result
 
 

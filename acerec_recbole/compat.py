@@ -11,6 +11,7 @@ import functools
 import importlib
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -103,6 +104,14 @@ def _undo_sine_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+def _quiet_recbole_deprecations() -> None:
+    # RecBole 1.2.1 calls pandas and torch APIs that now warn (chained inplace fillna, Series.agg(len),
+    # torch.cuda.amp.GradScaler): ~20 FutureWarning lines per run that a user can do nothing about.
+    # Only warnings attributed to RecBole's own modules are silenced; ours and everybody else's stay.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"recbole\.")
+
+
 def apply() -> None:
     """Apply all patches (safe to call more than once)."""
     global _APPLIED
@@ -112,4 +121,5 @@ def apply() -> None:
     _stub_ray_if_unimportable()
     _trust_recbole_checkpoints()
     _undo_sine_anomaly_detection()
+    _quiet_recbole_deprecations()
     _APPLIED = True

@@ -81,6 +81,68 @@ def check_value_types(defaults: dict[str, Any], given: dict[str, Any], how: str)
             raise UsageError(f"{how.format(key=key, value=value)}: {key} must be {kind} (its default is {default}).")
 
 
+def _integer(low: int) -> tuple[Any, str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low), f"an integer >= {low}"
+
+
+def _number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = True) -> tuple[Any, str]:
+    def ok(v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    lower = f"> {low}" if low_open else f">= {low}"
+    upper = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
+    return ok, f"a number {lower}{upper}"
+
+
+def _one_of(*choices: Any) -> tuple[Any, str]:
+    return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
+
+
+# Settings of this package's models and semantic IDs, checked before any data is loaded. Keys that are
+# absent or ~ are left to their defaults; RecBole's own keys are RecBole's business.
+SETTING_RULES: dict[str, tuple[Any, str]] = {
+    "hidden_size": _integer(1),
+    "inner_size": _integer(1),
+    "n_layers": _integer(1),
+    "n_heads": _integer(1),
+    "merger_heads": _integer(1),
+    "num_latents": _integer(1),
+    "MAX_ITEM_LIST_LENGTH": _integer(1),
+    "merger": _one_of("attn", "mean", "mlp", "conv"),
+    "anchor": _one_of("intent", "last"),
+    "item_token_norm": _one_of(True, False),
+    "length_bucketing": _one_of(True, False),
+    "hidden_dropout_prob": _number(0, 1),
+    "attn_dropout_prob": _number(0, 1),
+    "residual_dropout_prob": _number(0, 1),
+    "isa_weight": _number(0),
+    "isa_temperature": _number(0, low_open=True),
+    "mtp_temperature": _number(0, low_open=True),
+    "popularity_beta": _number(0),
+    "warmup_ratio": _number(0, 1, high_open=False),
+    "sid_num_digits": _integer(1),
+    "sid_codebook_size": _one_of(2, 4, 8, 16, 32, 64, 128, 256),
+    "sid_opq_iters": _integer(0),
+    "sid_pca_dim": _integer(1),
+    "sid_encoder_batch_size": _integer(1),
+}
+
+
+def validate_settings(config: dict[str, Any], keys: Any = None) -> None:
+    """Refuse a value outside its allowed range, naming the key, the value and the range."""
+    for key in keys or SETTING_RULES:
+        value = config.get(key)
+        if value is None:
+            continue
+        ok, allowed = SETTING_RULES[key]
+        if not ok(value):
+            raise UsageError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
+
+
 class Config(RecBoleConfig):
     """RecBole's Config, plus our model registry, our yaml defaults and an explicit command line.
 
@@ -115,11 +177,18 @@ class Config(RecBoleConfig):
 
     def _set_default_parameters(self) -> None:
         super()._set_default_parameters()
+        if self.model in MODELS:  # ACERec / RPG: every setting checked before any work starts
+            validate_settings(self.final_config_dict)
         # RecBole always points ml-100k at its bundled copy, even when data_path is given; honour an
         # explicit data_path that holds an ml-100k folder (e.g. a filtered copy), else keep the bundle.
         explicit = self.external_config_dict.get("data_path")
         if self.dataset == "ml-100k" and explicit and os.path.isdir(os.path.join(explicit, self.dataset)):
             self.final_config_dict["data_path"] = os.path.join(explicit, self.dataset)
+
+    def _init_device(self) -> None:
+        super()._init_device()
+        if self.final_config_dict["device"].type == "cpu":  # RecBole's default says use_gpu = True regardless
+            self.final_config_dict["use_gpu"] = False
 
     def _get_model_and_dataset(self, model: Any, dataset: Any) -> tuple[str, type, str]:
         if model is None:

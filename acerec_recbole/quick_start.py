@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from logging import getLogger
 from pathlib import Path
@@ -36,17 +37,23 @@ def run(
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    logger.info(config)
+    keep_details_in_log_file(logger)
+    logger.info(config, extra=LOG_FILE_ONLY)
 
     started = time.perf_counter()
     data = create_dataset(config)
-    logger.info(data)
+    logger.info(data, extra=LOG_FILE_ONLY)
     train_data, valid_data, test_data = data_preparation(config, data)
     data_seconds = time.perf_counter() - started
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = config.model_class(config, train_data.dataset).to(config["device"])
-    logger.info(recommender)
+    logger.info(recommender, extra=LOG_FILE_ONLY)
+    logger.info(
+        f"{config['model']} ({sum(p.numel() for p in recommender.parameters()):,} parameters) on {config['dataset']}: "
+        f"{data.user_num - 1:,} users, {data.item_num - 1:,} items, {data.inter_num:,} interactions; "
+        "the full config, dataset and model are in the log file"
+    )
 
     trainer = resumable(get_trainer(config["MODEL_TYPE"], config["model"]))(config, recommender)
     state_file = state_to_resume(config)
@@ -76,7 +83,21 @@ def run(
         "train_seconds": train_seconds,
         "test_seconds": test_seconds,
         "test_users": evaluated_users(test_data),
+        "log_file": next(
+            (h.baseFilename for h in logger.handlers if getattr(h, "baseFilename", "").endswith(".log")), None
+        ),
     }
+
+
+LOG_FILE_ONLY = {"log_file_only": True}
+
+
+def keep_details_in_log_file(logger: Any) -> None:
+    """Records logged with ``extra=LOG_FILE_ONLY`` (the ~150-line config dump, the dataset and model
+    summaries) go to RecBole's log file but not to the terminal."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: not getattr(record, "log_file_only", False))
 
 
 def state_to_resume(config: Any) -> Path | None:

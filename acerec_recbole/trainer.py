@@ -278,6 +278,12 @@ class ResumableTrainerMixin:
                 self._validate(epoch_idx, valid_data, entry, verbose, saved, show_progress, callback_fn)
             self.epoch_history.append(entry)
             self.last_epoch = epoch_idx
+            if verbose and len(self.epoch_history) == 1 and self.epochs - epoch_idx > 1:
+                seconds = entry["train_seconds"] + entry.get("valid_seconds", 0.0)
+                self.logger.info(
+                    f"One epoch took {seconds:.0f} s: at most {seconds * (self.epochs - epoch_idx - 1) / 60:.1f} min "
+                    f"for the remaining {self.epochs - epoch_idx - 1} epochs (early stopping may end it sooner)."
+                )
             if saved:
                 self._save_state(epoch_idx, train_data)
             if self.stopped:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import SHARED_DATA, toy_config
 
 import run_recbole
 from acerec_recbole import Config, compat
+from acerec_recbole.errors import UsageError
 
 
 def test_properties_layering_and_priority(tmp_path, toy_data, sid_cache):
@@ -75,7 +81,7 @@ def test_compat_patches_are_in_place():
     assert Trainer.evaluate.__acerec_trusting__ and load_data_and_model.__acerec_trusting__
 
 
-def test_cli_runs_a_recbole_baseline_with_overrides(tmp_path, toy_data, sid_cache):
+def test_cli_runs_a_recbole_baseline_with_overrides(tmp_path, toy_data, sid_cache, capfd):
     """`run_recbole.py --model=SASRec` with --config_files and --key=value, on generated data."""
     extra = tmp_path / "extra.yaml"
     extra.write_text(
@@ -95,6 +101,22 @@ def test_cli_runs_a_recbole_baseline_with_overrides(tmp_path, toy_data, sid_cach
     )
     assert result["config"]["hidden_size"] == 16 and result["config"]["epochs"] == 1
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    assert f"checkpoint: {result['model_file']}" in capfd.readouterr().out
+
+
+def test_the_terminal_gets_a_summary_and_the_log_file_the_details(tmp_path):
+    """A real process (pytest replaces RecBole's log handlers): ~15 lines on the terminal, no warnings."""
+    process = subprocess.run(
+        [sys.executable, str(run_recbole.__file__), "--model=Pop", "--dataset=ml-100k"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output[-2000:]
+    assert "General Hyper Parameters" not in output and "Warning" not in output
+    assert len(output.splitlines()) < 30
+    log_file = next(line[len("log: ") :] for line in process.stdout.splitlines() if line.startswith("log: "))
+    assert "General Hyper Parameters" in Path(log_file).read_text()
+    assert (tmp_path / next(x for x in process.stdout.splitlines() if x.startswith("checkpoint: "))[12:]).is_file()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ml-1m" / "ml-1m.inter").exists(), reason="../shared/data/ml-1m not present")
@@ -149,3 +171,24 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
     assert len(err.strip().splitlines()) <= 2
     with pytest.raises(ValueError, match=message.split(":")[0] if argument == "--epochs=abc" else message):
         run_recbole.main([argument, "--debug"])  # --debug: the exception itself, with its traceback
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"num_latents": 0}, "num_latents=0 is not allowed: num_latents must be an integer >= 1"),
+        ({"num_latents": -2, "anchor": "last"}, "num_latents=-2 is not allowed"),
+        ({"isa_weight": -1}, "isa_weight=-1 is not allowed: isa_weight must be a number >= 0"),
+        ({"mtp_temperature": 0}, "mtp_temperature=0 is not allowed: mtp_temperature must be a number > 0"),
+        ({"isa_temperature": 0.0}, "isa_temperature=0.0 is not allowed"),
+        (
+            {"hidden_dropout_prob": 1.0},
+            "hidden_dropout_prob=1.0 is not allowed: hidden_dropout_prob must be a number >= 0 and < 1",
+        ),
+        ({"merger": "pool"}, "merger='pool' is not allowed: merger must be one of attn, mean, mlp, conv"),
+        ({"sid_codebook_size": 100}, "sid_codebook_size=100 is not allowed"),
+    ],
+)
+def test_bad_model_settings_are_refused_before_any_work_naming_the_key(setting, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        Config("ACERec", "ml-100k", config_dict=setting)
