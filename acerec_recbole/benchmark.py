@@ -1,4 +1,4 @@
-"""Side-by-side benchmark: every model through the same RecBole pipeline, several seeds, one results folder.
+r"""Side-by-side benchmark: every model through the same RecBole pipeline, several seeds, one results folder.
 
     python -m acerec_recbole.benchmark --dataset=amazon2014-beauty --data_path=../shared/data \
         [--models=ACERec,RPG,SASRec] [--seeds=2020,2021] [--profile=cpu|paper] \
@@ -99,8 +99,9 @@ def reproduce_command(spec: dict[str, Any]) -> str:
     parts = [f"python run_recbole.py --model={spec.get('model_class', spec['model'])} --dataset={spec['dataset']}"]
     if spec["config_files"]:
         parts.append('--config_files="' + " ".join(spec["config_files"]) + '"')
+    overridden = {arg[2:].split("=", 1)[0] for arg in spec["cmd_args"] if arg.startswith("--")}
     for key, value in spec["config_dict"].items():
-        if key in ("show_progress", "checkpoint_dir"):
+        if key in ("show_progress", "checkpoint_dir") or key in overridden:  # the command line wins: say it once
             continue
         parts.append(f"--{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
     parts.extend(spec["cmd_args"])
@@ -357,8 +358,13 @@ def plot_validation(results_dir: Path, runs: list[dict[str, Any]], models: list[
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=None)
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other --key=value is a RecBole setting applied to every run on top of the plan, e.g. "
+        "--data_path=DIR (where DIR/<dataset>/<dataset>.inter lives), --epochs=5, --hidden_size=128.",
+    )
+    parser.add_argument("--dataset", default=None, help="dataset name; its plan is properties/benchmark/<dataset>.yaml")
     parser.add_argument("--models", default=None, help="comma-separated; default: the benchmark yaml's list")
     parser.add_argument("--seeds", default=None, help="comma-separated; default: the benchmark yaml's list")
     parser.add_argument("--profile", default="cpu", help="profile in the benchmark yaml (cpu | paper)")

@@ -1,4 +1,4 @@
-"""Items added after training, measured: hold items out of training, add them from text, see how they rank.
+r"""Items added after training, measured: hold items out of training, add them from text, see how they rank.
 
     python -m acerec_recbole.held_out_items --dataset=ml-100k --model=ACERec --fraction=0.05 \
         --config_files=properties/profile/cpu-small.yaml [--topk=10] [--key=value ...]

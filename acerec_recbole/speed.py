@@ -1,4 +1,4 @@
-"""Training and scoring cost, measured side by side in one process (ratios are what to compare).
+r"""Training and scoring cost, measured side by side in one process (ratios are what to compare).
 
     python -m acerec_recbole.speed --dataset=amazon2014-beauty --data_path=../shared/data \
         --models=ACERec,RPG,SASRec --hidden_sizes=64,128 [--config_files=...] [--key=value ...]

@@ -134,3 +134,15 @@ def test_a_named_variant_trains_its_model_class_under_its_own_name(plan_file, tm
     assert record["model"] == "RPG-narrow" and record["hidden_size"] == 16
     assert record["reproduce"].startswith("python run_recbole.py --model=RPG --dataset=toyshop")
     assert yaml.safe_load((results / "runs/RPG-narrow-seed3/config.yaml").read_text())["model"] == "RPG"
+
+
+def test_reproduce_commands_say_each_setting_once_and_help_lists_key_value(plan_file, capsys):
+    plan = benchmark.load_plan("toyshop", "cpu", str(plan_file))
+    spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=1"])
+    command = benchmark.reproduce_command(spec)
+    assert "--epochs=1" in command and "--epochs=2" not in command  # the plan says 2, the command line 1
+    with pytest.raises(SystemExit):
+        benchmark.main(["--help"])
+    usage = capsys.readouterr().out
+    assert "--data_path=DIR" in usage and "--key=value" in usage
+    assert "--data_path=../shared/data \\\n" in usage  # the example keeps its line breaks
