@@ -160,6 +160,12 @@ def run_one(spec_file: Path) -> dict[str, Any]:
     }
     write_json(out / "run.json", record)
     clear_checkpoints(out)  # results keep numbers and configs, not weights
+    print(
+        f"{spec['model']} seed {spec['seed']}: {record['epochs_run']} epochs (best {record['epochs_to_best']}), "
+        f"valid NDCG@10 {record['valid'].get('ndcg@10', float('nan')):.4f}, test {record['test']}, "
+        f"{record['train_seconds'] / 60:.1f} min training",
+        flush=True,
+    )
     return record
 
 
