@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from acerec_recbole.errors import UsageError
+
 _APPLIED = False
 
 
@@ -112,6 +114,55 @@ def _quiet_recbole_deprecations() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"recbole\.")
 
 
+class AtomicFileError(UsageError):
+    """A line of an atomic file with another number of fields than its header."""
+
+
+def check_atomic_file(path: Any, separator: str = "\t", encoding: str | None = "utf-8") -> None:
+    """Every line of a RecBole atomic file has as many fields as its header; else name file:line and the fix."""
+    with open(path, encoding=encoding or "utf-8", newline="") as handle:
+        expected = handle.readline().rstrip("\r\n").count(separator) + 1
+        for number, line in enumerate(handle, start=2):
+            line = line.rstrip("\r\n")
+            found = line.count(separator) + 1
+            if found != expected and line:
+                raise AtomicFileError(
+                    f"{path}:{number}: {found} fields, but the header has {expected}. Fields are separated by "
+                    f"{separator!r} and a text field cannot contain it or a line break: remove those characters "
+                    "from the text (python -m dataset_prep writes files without them)."
+                )
+
+
+class _LiteralQuotesPandas:
+    """pandas, except that ``read_csv`` first checks field counts and takes quotes as characters."""
+
+    def __getattr__(self, name: str) -> Any:
+        import pandas
+
+        return getattr(pandas, name)
+
+    @staticmethod
+    def read_csv(filepath: Any, *args: Any, **kwargs: Any) -> Any:
+        import csv
+
+        import pandas
+
+        check_atomic_file(filepath, kwargs.get("delimiter") or kwargs.get("sep") or "\t", kwargs.get("encoding"))
+        kwargs.setdefault("quoting", csv.QUOTE_NONE)
+        return pandas.read_csv(filepath, *args, **kwargs)
+
+
+def _read_atomic_files_literally() -> None:
+    # RecBole reads atomic files with pandas' default CSV quoting: a title that starts with '"' (common
+    # in Amazon metadata) swallows every following line up to the next field that ends with '"', and
+    # those rows vanish without a word (190 of 200 items kept in one test); a stray quote elsewhere gives
+    # a ParserError naming no file. Atomic files are tab-separated text in which a quote is a character.
+    import recbole.data.dataset.dataset as dataset_module
+
+    if not isinstance(dataset_module.pd, _LiteralQuotesPandas):
+        dataset_module.pd = _LiteralQuotesPandas()
+
+
 def apply() -> None:
     """Apply all patches (safe to call more than once)."""
     global _APPLIED
@@ -122,4 +173,5 @@ def apply() -> None:
     _trust_recbole_checkpoints()
     _undo_sine_anomaly_detection()
     _quiet_recbole_deprecations()
+    _read_atomic_files_literally()
     _APPLIED = True

@@ -11,6 +11,7 @@ import torch
 from conftest import TOPICS, build_pipeline, topic_of, write_dataset
 
 from acerec_recbole import semantic_ids
+from acerec_recbole.errors import UsageError
 from acerec_recbole.semantic_ids import SemanticIDError, check_quantiser_settings, item_texts, opq_codes
 from acerec_recbole.semantic_ids.__main__ import main as semantic_ids_command
 
@@ -280,3 +281,35 @@ def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys, tmp_
     )
     assert report["items"] == 48 and report["codebook_size"] == 16
     assert '"unique_ids"' in capsys.readouterr().out
+
+
+def test_quotes_in_item_text_are_characters_and_keep_every_row(tmp_path, sid_cache):
+    """RecBole's default CSV quoting merged the rows between a leading '"' and a trailing '"'."""
+    data = write_dataset(tmp_path / "data")
+    item_file = data / "toyshop" / "toyshop.item"
+    lines = item_file.read_text().splitlines()
+    item, title, categories = lines[3].split("\t")
+    lines[3] = f'{item}\t"Silky Straight 23 inch {title}\t{categories}'
+    item, title, categories = lines[9].split("\t")
+    lines[9] = f'{item}\t{title}\tSalon Ceramic Curling Iron 1"'
+    item, title, categories = lines[12].split("\t")
+    lines[12] = f'{item}\t"Silky" 23" {title}\t{categories}'
+    item_file.write_text("\n".join(lines) + "\n")
+    _, intact, _, _ = build_pipeline("RPG", write_dataset(tmp_path / "intact"), sid_cache)
+
+    _, dataset, _, _ = build_pipeline("RPG", data, sid_cache)
+    assert dataset.item_num == intact.item_num == 49 and dataset.inter_num == intact.inter_num
+    texts, _ = item_texts(dataset, ("title", "categories"))
+    assert any(t.startswith('"Silky Straight 23 inch') for t in texts)
+    assert any(t.endswith('Curling Iron 1"') for t in texts)
+    assert any('"Silky" 23"' in t for t in texts)
+
+
+def test_a_line_with_a_tab_inside_a_field_names_file_and_line(tmp_path, sid_cache):
+    data = write_dataset(tmp_path / "data")
+    item_file = data / "toyshop" / "toyshop.item"
+    lines = item_file.read_text().splitlines()
+    lines[4] = lines[4].replace(" ", "\t", 1)
+    item_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match=r"toyshop\.item:5: 4 fields, but the header has 3"):
+        build_pipeline("RPG", data, sid_cache)
