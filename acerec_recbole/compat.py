@@ -163,6 +163,44 @@ def _read_atomic_files_literally() -> None:
         dataset_module.pd = _LiteralQuotesPandas()
 
 
+def _report_interactions_without_features() -> None:
+    # RecBole drops every interaction whose user or item has no row in the .user / .item file, without a
+    # word (10 items and 156 of 1,159 interactions in one test copy). properties/overall.yaml now keeps
+    # them (filter_inter_by_user_or_item: False; their text falls back to the raw item id); either way
+    # the log says how many ids and interactions are concerned and what happened to them.
+    from recbole.data.dataset import Dataset
+
+    original = Dataset._filter_inter_by_user_or_item
+    if getattr(original, "__acerec_reporting__", False):
+        return
+
+    @functools.wraps(original)
+    def reporting(self: Any) -> None:
+        dropping = self.config["filter_inter_by_user_or_item"] is True
+        for features, field, suffix in (
+            (self.user_feat, self.uid_field, "user"),
+            (self.item_feat, self.iid_field, "item"),
+        ):
+            if features is None:
+                continue
+            missing = ~self.inter_feat[field].isin(features[field].values)
+            if missing.any():
+                ids = self.inter_feat.loc[missing, field].unique()
+                fate = (
+                    "dropped, with those interactions (filter_inter_by_user_or_item: True)"
+                    if dropping
+                    else "kept (set filter_inter_by_user_or_item: True to drop them)"
+                )
+                self.logger.warning(
+                    f"{len(ids)} {suffix} ids of {self.dataset_name}.inter have no row in {self.dataset_name}.{suffix} "
+                    f"(e.g. {', '.join(map(str, ids[:5]))}), in {int(missing.sum())} interactions: {fate}."
+                )
+        original(self)
+
+    reporting.__acerec_reporting__ = True  # type: ignore[attr-defined]
+    Dataset._filter_inter_by_user_or_item = reporting
+
+
 def apply() -> None:
     """Apply all patches (safe to call more than once)."""
     global _APPLIED
@@ -174,4 +212,5 @@ def apply() -> None:
     _undo_sine_anomaly_detection()
     _quiet_recbole_deprecations()
     _read_atomic_files_literally()
+    _report_interactions_without_features()
     _APPLIED = True

@@ -313,3 +313,23 @@ def test_a_line_with_a_tab_inside_a_field_names_file_and_line(tmp_path, sid_cach
     item_file.write_text("\n".join(lines) + "\n")
     with pytest.raises(UsageError, match=r"toyshop\.item:5: 4 fields, but the header has 3"):
         build_pipeline("RPG", data, sid_cache)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_items_missing_from_the_item_file_are_never_lost_silently(tmp_path, sid_cache, caplog, drop):
+    data = write_dataset(tmp_path / "data")
+    item_file = data / "toyshop" / "toyshop.item"
+    lines = item_file.read_text().splitlines()
+    removed = [lines[1].split("\t")[0], lines[2].split("\t")[0]]
+    item_file.write_text("\n".join(lines[:1] + lines[3:]) + "\n")
+    _, intact, _, _ = build_pipeline("RPG", write_dataset(tmp_path / "intact"), sid_cache)
+    caplog.set_level(logging.WARNING)
+    _, dataset, _, _ = build_pipeline("RPG", data, sid_cache, filter_inter_by_user_or_item=drop)
+    warning = next(r.getMessage() for r in caplog.records if "have no row in toyshop.item" in r.getMessage())
+    assert warning.startswith("2 item ids of toyshop.inter") and removed[0] in warning
+    if drop:
+        assert "dropped" in warning and dataset.inter_num < intact.inter_num
+    else:
+        assert "kept" in warning and dataset.inter_num == intact.inter_num and dataset.item_num == intact.item_num
+        texts, fallbacks = item_texts(dataset, ("title", "categories"))
+        assert fallbacks == 2 and f"item {removed[0]}" in texts
