@@ -105,8 +105,9 @@ def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
     data = write_dataset(tmp_path / "data")
     cache = tmp_path / "cache"
     _, first, _, _ = build_pipeline("RPG", data, cache)
-    files = sorted(p.name for p in cache.iterdir())
+    files = sorted(p.name for p in cache.glob("*.npy"))
     assert len(files) == 3 and {f.split("-")[0] for f in files} == {"emb", "codes", "opq"}
+    assert all((cache / f"{name}.sha256").is_file() for name in files)
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("cache should have been reused")
@@ -118,27 +119,54 @@ def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     build_pipeline("RPG", data, cache, sid_seed=11)  # new quantiser seed: new codes, same embeddings
-    names = sorted(p.name for p in cache.iterdir())
+    names = sorted(p.name for p in cache.glob("*.npy"))
     assert sum(n.startswith("codes-") for n in names) == 2 and sum(n.startswith("emb-") for n in names) == 1
     build_pipeline("RPG", data, cache, sid_num_digits=4)
-    assert sum(p.name.startswith("codes-") for p in cache.iterdir()) == 3
+    assert sum(p.name.startswith("codes-") for p in cache.glob("*.npy")) == 3
 
     item_file = data / "toyshop" / "toyshop.item"
     item_file.write_text(item_file.read_text().replace("running shoes", "trail shoes"))
     build_pipeline("RPG", data, cache)  # changed text: new embeddings and codes
-    assert sum(p.name.startswith("emb-") for p in cache.iterdir()) == 2
+    assert sum(p.name.startswith("emb-") for p in cache.glob("*.npy")) == 2
 
 
-def test_corrupt_cache_file_is_rebuilt_with_a_warning(tmp_path, toy_data, caplog):
+@pytest.mark.parametrize("kind", ["emb", "codes", "opq"])
+def test_a_flipped_byte_in_any_cache_file_rebuilds_it_identically(tmp_path, toy_data, caplog, kind):
     cache = tmp_path / "cache"
     _, first, _, _ = build_pipeline("RPG", toy_data, cache)
-    codes_file = next(cache.glob("codes-*.npy"))
-    codes_file.write_bytes(codes_file.read_bytes()[:40])  # truncated
+    target = next(cache.glob(f"{kind}-*.npy"))
+    original = target.read_bytes()
+    flipped = bytearray(original)
+    flipped[-3] ^= 0x01  # still a well-formed array, with one wrong value
+    target.write_bytes(bytes(flipped))
     with caplog.at_level(logging.WARNING):
         _, rebuilt, _, _ = build_pipeline("RPG", toy_data, cache)
-    assert "unreadable" in caplog.text and codes_file.name in caplog.text
+    assert "does not match its checksum" in caplog.text and target.name in caplog.text
     assert rebuilt.semantic_ids.equal(first.semantic_ids)
-    assert np.load(codes_file).shape[1] == 8  # rewritten whole
+    assert target.read_bytes() == original
+
+
+def test_a_cache_without_checksums_is_still_checked_and_then_gets_them(tmp_path, toy_data, caplog):
+    """Caches written before checksums existed: truncated files and out-of-range codes are rebuilt."""
+    cache = tmp_path / "cache"
+    _, first, _, _ = build_pipeline("RPG", toy_data, cache)
+    for checksum in cache.glob("*.sha256"):
+        checksum.unlink()
+    codes_file = next(cache.glob("codes-*.npy"))
+    good = np.load(codes_file)
+    np.save(codes_file, np.full_like(good, 1664))  # a valid .npy header, impossible codes
+    with caplog.at_level(logging.WARNING):
+        _, rebuilt, _, _ = build_pipeline("RPG", toy_data, cache)
+    assert "codes outside 0..15" in caplog.text and rebuilt.semantic_ids.equal(first.semantic_ids)
+    assert len(list(cache.glob("*.sha256"))) == 3  # the legacy files that passed got their checksums
+
+    (cache / f"{codes_file.name}.sha256").unlink()
+    codes_file.write_bytes(codes_file.read_bytes()[:40])  # truncated
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, rebuilt, _, _ = build_pipeline("RPG", toy_data, cache)
+    assert "unreadable" in caplog.text and rebuilt.semantic_ids.equal(first.semantic_ids)
+    assert np.array_equal(np.load(codes_file), good)
 
 
 def test_unwritable_cache_dir_falls_back_to_user_cache(tmp_path, toy_data, monkeypatch, caplog, sid_cache):
@@ -231,7 +259,7 @@ def test_read_only_data_folder_is_left_untouched(tmp_path, toy_data, monkeypatch
     finally:
         folder.chmod(0o755)
     assert not (folder / ".semantic_ids").exists()
-    written = sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir())
+    written = sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").glob("*.npy"))
     assert written == ["codes", "emb", "opq"]
 
 
@@ -260,7 +288,7 @@ def test_read_only_cache_dir_is_read_but_never_written(tmp_path, toy_data, monke
     assert again.semantic_ids.equal(first.semantic_ids)
     assert not reseeded.semantic_ids.equal(first.semantic_ids)
     assert {p.name: p.read_bytes() for p in cache.iterdir()} == snapshot
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").iterdir()) == ["codes", "opq"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").glob("*.npy")) == ["codes", "opq"]
 
 
 def test_standalone_command_builds_and_reports(toy_data, sid_cache, capsys, tmp_path):

@@ -10,6 +10,7 @@ the cache and gives every item the same codes. Standalone use, ahead of training
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
@@ -355,7 +356,10 @@ def code_report(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
 
 
 class ArrayCache:
-    """``.npy`` files in a directory, written atomically; unreadable files are rebuilt with a warning.
+    """``.npy`` files in a directory, written atomically, each with a SHA-256 checksum beside it
+    (``<name>.sha256``). Every read is verified: a file that no longer matches its checksum (bit rot,
+    an edit, a half-copied folder), has the wrong shape or fails ``valid`` is rebuilt with a warning
+    that says why. Files from before checksums existed are checked structurally and then get one.
 
     When the preferred directory is not writable (a read-only data folder), writes go to the user
     cache (``$ACEREC_CACHE`` or ``~/.cache/acerec-recbole/<dataset>``); reads look in both.
@@ -368,13 +372,23 @@ class ArrayCache:
         if self.write_dir != preferred:
             logger.warning(f"Semantic-ID cache dir {preferred} is not writable; writing to {fallback} instead.")
 
-    def load(self, name: str, rows: int, cols: int | None = None) -> np.ndarray | None:
+    def load(
+        self, name: str, rows: int, cols: int | None = None, valid: Callable[[np.ndarray], str | None] | None = None
+    ) -> np.ndarray | None:
+        """The cached array, or None (then the caller rebuilds it). ``valid`` returns a reason to reject."""
         for directory in self.read_dirs:
             path = directory / name
             if not path.exists():
                 continue
+            checksum_file = path.with_name(path.name + ".sha256")
+            content = path.read_bytes()
+            if checksum_file.exists() and checksum_file.read_text().strip() != hashlib.sha256(content).hexdigest():
+                self.logger.warning(
+                    f"Cache file {path} does not match its checksum (it changed on disk); rebuilding it."
+                )
+                continue
             try:
-                array = np.load(path, allow_pickle=False)
+                array = np.load(io.BytesIO(content), allow_pickle=False)
             except Exception as err:  # truncated or corrupt: rebuild, never crash
                 self.logger.warning(f"Cache file {path} is unreadable ({err}); rebuilding it.")
                 continue
@@ -382,6 +396,12 @@ class ArrayCache:
                 expected = (rows, cols if cols is not None else "*")
                 self.logger.warning(f"Cache file {path} has shape {array.shape}, expected {expected}; rebuilding.")
                 continue
+            reason = valid(array) if valid is not None else None
+            if reason:
+                self.logger.warning(f"Cache file {path} is invalid ({reason}); rebuilding it.")
+                continue
+            if not checksum_file.exists() and directory == self.write_dir:
+                _write_atomically(checksum_file, hashlib.sha256(content).hexdigest().encode())
             return array
         return None
 
@@ -397,17 +417,25 @@ class ArrayCache:
 
     def save(self, name: str, array: np.ndarray) -> Path:
         self.write_dir.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        content = buffer.getvalue()
         target = self.write_dir / name
-        fd, tmp = tempfile.mkstemp(dir=self.write_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shareable
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        _write_atomically(target, content)
+        _write_atomically(target.with_name(target.name + ".sha256"), hashlib.sha256(content).hexdigest().encode())
         return target
+
+
+def _write_atomically(target: Path, content: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are shareable
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _is_writable(directory: Path) -> bool:
@@ -480,7 +508,13 @@ def build_semantic_ids(
     dim = embeddings.shape[1]
     code_dim = settings.pca_dim or dim
     quantiser_rows = code_dim + settings.codebook_size + (dim + 1 if settings.pca_dim else 0)
-    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits)
+
+    def codes_in_range(array: np.ndarray) -> str | None:
+        if array.size and (array.min() < 0 or array.max() >= settings.codebook_size):
+            return f"codes outside 0..{settings.codebook_size - 1}"
+        return None
+
+    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits, codes_in_range)
     stored = cache.load(f"opq-{code_key}.npy", quantiser_rows, code_dim)
     if text_codes is not None and stored is not None:
         logger.info(f"Reusing cached codes-{code_key}.npy and its quantiser")
