@@ -104,8 +104,16 @@ def reproduce_command(spec: dict[str, Any]) -> str:
         if key in ("show_progress", "checkpoint_dir") or key in overridden:  # the command line wins: say it once
             continue
         parts.append(f"--{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
-    parts.extend(spec["cmd_args"])
+    parts.extend(portable_data_path(arg) for arg in spec["cmd_args"])
     return " ".join(parts)
+
+
+def portable_data_path(arg: str) -> str:
+    """Runs need an absolute --data_path; the reproduce command shows it relative to the project root,
+    so that results.md does not carry one machine's directory layout."""
+    if arg.startswith("--data_path="):
+        return "--data_path=" + os.path.relpath(arg.split("=", 1)[1], PROJECT_ROOT)
+    return arg
 
 
 # ------------------------------------------------------------------------------------- one run (child)

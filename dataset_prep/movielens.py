@@ -23,8 +23,17 @@ class _Source:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.zip = zipfile.ZipFile(path) if path.is_file() and zipfile.is_zipfile(path) else None
-        if self.zip is None and not path.is_dir():
+        if path.is_file():
+            if not zipfile.is_zipfile(path):
+                raise ValueError(
+                    f"MovieLens input {path} exists but is not a readable zip archive ({path.stat().st_size:,} "
+                    "bytes): probably truncated by an interrupted download. Download ml-1m.zip again, or pass the "
+                    "unpacked folder."
+                )
+            self.zip = zipfile.ZipFile(path)
+        elif path.is_dir():
+            self.zip = None
+        else:
             raise FileNotFoundError(f"MovieLens input not found (a folder or ml-1m.zip): {path}")
 
     def lines(self, filename: str) -> Iterator[tuple[int, str]]:

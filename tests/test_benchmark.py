@@ -141,6 +141,9 @@ def test_reproduce_commands_say_each_setting_once_and_help_lists_key_value(plan_
     spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=1"])
     command = benchmark.reproduce_command(spec)
     assert "--epochs=1" in command and "--epochs=2" not in command  # the plan says 2, the command line 1
+    located = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], [f"--data_path={benchmark.PROJECT_ROOT.parent / 'd'}"])
+    assert located["cmd_args"][0].startswith("--data_path=/")  # runs get an absolute path ...
+    assert "--data_path=../d" in benchmark.reproduce_command(located).split()  # ... results.md a portable one
     with pytest.raises(SystemExit):
         benchmark.main(["--help"])
     usage = capsys.readouterr().out

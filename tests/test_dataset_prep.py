@@ -97,6 +97,17 @@ def test_movielens_missing_file_and_undecodable_zip_line(tmp_path):
         movielens.convert(raw, tmp_path / "out")
 
 
+def test_a_truncated_movielens_zip_is_named_as_such(tmp_path):
+    raw = write_movielens(tmp_path / "raw")
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name in ("ratings.dat", "movies.dat", "users.dat"):
+            handle.write(raw / name, f"ml-1m/{name}")
+    archive.write_bytes(archive.read_bytes()[:200])  # an interrupted download
+    with pytest.raises(ValueError, match=r"ml-1m\.zip exists but is not a readable zip archive \(200 bytes\)"):
+        movielens.convert(archive, tmp_path / "out")
+
+
 def test_failed_conversion_keeps_the_previous_dataset(tmp_path):
     raw = write_movielens(tmp_path / "raw")
     good = movielens.convert(raw, tmp_path / "out", "ml-1m")
