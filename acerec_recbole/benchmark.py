@@ -119,21 +119,11 @@ def portable_data_path(arg: str) -> str:
 # ------------------------------------------------------------------------------------- one run (child)
 
 
-def plain(value: Any) -> Any:
-    """A yaml/json-safe copy of a config value (torch devices, enums and the like become strings)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def run_one(spec_file: Path) -> dict[str, Any]:
     """Train + test one (model, seed); record per-epoch validation NDCG@10 and times; write run.json."""
     from acerec_recbole import run
     from acerec_recbole.speed import peak_rss_gib
+    from acerec_recbole.trainer import plain
 
     spec = json.loads(spec_file.read_text())
     out = spec_file.parent

@@ -93,14 +93,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two resolved configs (``RESUME_IGNORED_KEYS`` aside)."""
     keys = (set(saved) | set(current)) - RESUME_IGNORED_KEYS
-    return sorted(k for k in keys if _plain(saved.get(k)) != _plain(current.get(k)))
+    return sorted(k for k in keys if plain(saved.get(k)) != plain(current.get(k)))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A yaml/json-safe copy of a config value (torch devices, enums and the like become strings)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
