@@ -50,79 +50,178 @@ class Recommendation:
     new: bool = False  # added after training
 
 
+class Catalogue:
+    """Raw item ids <-> internal ids and item texts; ids from ``trained`` on were added after training."""
+
+    def __init__(self, tokens: Sequence[str], texts: Sequence[str]) -> None:
+        self.tokens, self.texts = list(tokens), list(texts)
+        self.index = {token: internal for internal, token in enumerate(self.tokens)}
+        self.trained = len(self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def is_new(self, internal: int) -> bool:
+        return internal >= self.trained
+
+    def internal_ids(self, items: Sequence[str]) -> list[int]:
+        """Internal ids of the known items, in order; unknown ones are dropped with a warning."""
+        known = [self.index[str(item)] for item in items if self.index.get(str(item), 0) > 0]
+        unknown = [str(item) for item in items if self.index.get(str(item), 0) <= 0]
+        if unknown:
+            getLogger().warning(
+                f"{len(unknown)} of {len(items)} history items are not in the catalogue and are ignored: {unknown[:10]}"
+            )
+        return known
+
+    def check_new(self, items: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """Raw ids and normalised texts of items to add; refuses ids already present and empty texts."""
+        ids = [str(item) for item in items]
+        clashes = [item for item in ids if item in self.index]
+        if clashes:
+            raise UsageError(f"Items already in the catalogue (use new ids): {clashes[:10]}")
+        texts = [" ".join(str(items[item]).split()) for item in items]
+        empty = [item for item, text in zip(ids, texts) if not text]
+        if empty:
+            raise UsageError(f"New items need text to get a semantic ID; these have none: {empty[:10]}")
+        return ids, texts
+
+    def append(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        for item, text in zip(ids, texts):
+            self.index[item] = len(self.tokens)
+            self.tokens.append(item)
+            self.texts.append(text)
+
+
+class UserIndex:
+    """Raw user ids -> internal ids, with an error that says what to do instead."""
+
+    def __init__(self, tokens: Sequence[str], dataset_name: str) -> None:
+        self.tokens, self.dataset_name = list(tokens), dataset_name
+        self.index = {token: internal for internal, token in enumerate(self.tokens)}
+
+    def internal_id(self, user: str) -> int:
+        uid = self.index.get(str(user))
+        if uid is None or uid == 0:
+            examples = ", ".join(repr(t) for t in self.tokens[1:4])
+            raise UnknownIdError(
+                f"User '{user}' is not in dataset '{self.dataset_name}' ({len(self.tokens) - 1} users, e.g. "
+                f"{examples}). Check the raw id, or recommend from items with history=[...] (--history=a,b,c)."
+            )
+        return uid
+
+
+def load_trained_model(
+    checkpoint: str | os.PathLike, dataset: str | None = None, data_path: str | None = None
+) -> tuple[Any, Any, Any, Any]:
+    """(config, model with the checkpoint's weights, dataset, training dataset), rebuilt as the run built them.
+
+    Reads the checkpoint only; nothing is written to it. RecBole checkpoints pickle their Config, so
+    this unpickles: load checkpoints you trust (your own runs).
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise MissingInputError(
+            f"Checkpoint {path} does not exist. Training writes checkpoints to checkpoint_dir (default saved/); "
+            "pass one of those files as --checkpoint."
+        )
+    saved = load_checkpoint(path, required=("config", "state_dict"))
+    if "format" in saved:  # a training state (trainer.py), not a model checkpoint
+        raise CheckpointError(
+            f"{path} is a training state for resuming, not a model checkpoint: recommend from the run's best "
+            f"checkpoint, {saved.get('saved_model_file')}."
+        )
+    config = saved["config"]
+    trained_on, trained_path = config["dataset"], config["data_path"]
+    if dataset or data_path:
+        config["dataset"] = dataset or trained_on
+        config["data_path"] = os.path.join(data_path or os.path.dirname(trained_path), config["dataset"])
+    if not torch.cuda.is_available():
+        config["device"], config["use_gpu"] = torch.device("cpu"), False
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train_data, _, _ = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+
+    mismatch = state_mismatch(model.state_dict(), saved["state_dict"])
+    if mismatch:
+        raise UsageError(
+            f"Checkpoint {path} was trained on dataset '{trained_on}' ({trained_path}) and does not fit "
+            f"dataset '{config['dataset']}' ({config['data_path']}, {data.item_num - 1} items): {mismatch}. "
+            f"Recommend with the dataset it was trained on, or train {config['model']} on "
+            f"'{config['dataset']}' first."
+        )
+    model.load_state_dict(saved["state_dict"])
+    model.load_other_parameter(saved.get("other_parameter"))
+    return config, model, data, train_data.dataset
+
+
+def encode_new_items(model: Any, config: Any, texts: Sequence[str]) -> torch.Tensor:
+    """Semantic IDs (n, m) of new item texts: the run's frozen text encoder and its stored OPQ."""
+    if not isinstance(model, SemanticIDRecommender):
+        raise UsageError(
+            f"{config['model']} learns one embedding per training item, so it cannot score items added "
+            "after training. Only semantic-ID models (ACERec, RPG) can add items without retraining."
+        )
+    quantiser = OPQQuantiser.from_array(model.sid_quantiser.cpu().numpy(), model.num_digits, model.codebook_size)
+    embeddings = encode_texts(list(texts), SemanticIDSettings.from_config(config))
+    return torch.as_tensor(quantiser.encode(embeddings), device=model.item_codes.device)
+
+
+def top_items(scores: np.ndarray, topk: int, first_new: int, new_item_slots: int = 0) -> np.ndarray:
+    """Internal ids of the k best finite scores; with ``new_item_slots``, up to that many of the k places
+    go to the best items from ``first_new`` on (added after training), the rest to the others."""
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.isfinite(scores[order])]
+    top = order[:topk]
+    if new_item_slots > 0 and len(scores) > first_new:
+        is_new = order >= first_new
+        new = order[is_new][: min(new_item_slots, topk)]
+        top = np.concatenate([order[~is_new][: topk - len(new)], new])
+        top = top[np.argsort(-scores[top], kind="stable")]
+    return top
+
+
 class Recommender:
-    """A trained model and its dataset, addressed by raw user and item ids."""
+    """A trained model and its dataset, addressed by raw user and item ids.
+
+    The pieces: ``load_trained_model`` (checkpoint -> model and dataset), ``Catalogue`` and
+    ``UserIndex`` (raw <-> internal ids, texts), ``encode_new_items`` (items added after training)
+    and ``top_items`` (ranking with optional slots for new items); this class joins them to a user's
+    history and the model's scores.
+    """
 
     def __init__(self, config: Any, model: Any, dataset: Any, train_dataset: Any) -> None:
         self.config, self.model, self.dataset = config, model.eval(), dataset
         self.logger = getLogger()
         self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
-        self.user_tokens = dataset.field2id_token[self.uid_field]
-        self.user_index = {token: index for index, token in enumerate(self.user_tokens)}
-        self.item_tokens: list[str] = list(dataset.field2id_token[self.iid_field])
-        self.item_index = {token: index for index, token in enumerate(self.item_tokens)}
-        self.item_text = self._item_texts()
-        self.trained_items = len(self.item_tokens)  # internal ids from here on were added after training
+        self.users = UserIndex(dataset.field2id_token[self.uid_field], config["dataset"])
+        tokens = list(dataset.field2id_token[self.iid_field])
+        self.catalogue = Catalogue(tokens, self._item_texts(len(tokens)))
         self.sequential = hasattr(model, "ITEM_SEQ")
-        self.popularity = training_counts(train_dataset, len(self.item_tokens))
-
-    # ---------------------------------------------------------------------------------------- loading
+        self.popularity = training_counts(train_dataset, len(tokens))
 
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | os.PathLike, dataset: str | None = None, data_path: str | None = None
     ) -> Recommender:
-        """Rebuild the run's dataset (optionally another ``dataset`` / ``data_path``) and load the weights.
+        """Rebuild the run's dataset (optionally another ``dataset`` / ``data_path``) and load the weights."""
+        return cls(*load_trained_model(checkpoint, dataset, data_path))
 
-        Reads the checkpoint only; nothing is written to it. RecBole checkpoints pickle their Config, so
-        this unpickles: load checkpoints you trust (your own runs).
-        """
-        from recbole.data import create_dataset, data_preparation
-        from recbole.utils import get_model, init_seed
+    @property
+    def item_tokens(self) -> list[str]:
+        return self.catalogue.tokens
 
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise MissingInputError(
-                f"Checkpoint {path} does not exist. Training writes checkpoints to checkpoint_dir (default saved/); "
-                "pass one of those files as --checkpoint."
-            )
-        saved = load_checkpoint(path, required=("config", "state_dict"))
-        if "format" in saved:  # a training state (trainer.py), not a model checkpoint
-            raise CheckpointError(
-                f"{path} is a training state for resuming, not a model checkpoint: recommend from the run's best "
-                f"checkpoint, {saved.get('saved_model_file')}."
-            )
-        config = saved["config"]
-        trained_on, trained_path = config["dataset"], config["data_path"]
-        if dataset or data_path:
-            config["dataset"] = dataset or trained_on
-            config["data_path"] = os.path.join(data_path or os.path.dirname(trained_path), config["dataset"])
-        if not torch.cuda.is_available():
-            config["device"], config["use_gpu"] = torch.device("cpu"), False
-        init_seed(config["seed"], config["reproducibility"])
-        data = create_dataset(config)
-        train_data, _, _ = data_preparation(config, data)
-        init_seed(config["seed"], config["reproducibility"])
-        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-
-        mismatch = state_mismatch(model.state_dict(), saved["state_dict"])
-        if mismatch:
-            raise UsageError(
-                f"Checkpoint {path} was trained on dataset '{trained_on}' ({trained_path}) and does not fit "
-                f"dataset '{config['dataset']}' ({config['data_path']}, {data.item_num - 1} items): {mismatch}. "
-                f"Recommend with the dataset it was trained on, or train {config['model']} on "
-                f"'{config['dataset']}' first."
-            )
-        model.load_state_dict(saved["state_dict"])
-        model.load_other_parameter(saved.get("other_parameter"))
-        return cls(config, model, data, train_data.dataset)
-
-    def _item_texts(self) -> list[str]:
+    def _item_texts(self, n_items: int) -> list[str]:
         fields = tuple(SemanticIDSettings.from_config(self.config).text_fields)
         try:
             texts, _ = item_texts(self.dataset, fields)
         except SemanticIDError:  # a RecBole model trained without item text: show ids only
-            texts = [""] * len(self.item_tokens)
+            texts = [""] * n_items
         return texts
 
     # ------------------------------------------------------------------------------------- recommend
@@ -152,36 +251,21 @@ class Recommender:
                 raise UsageError(
                     f"{self.config['model']} scores known users, not item histories: pass user= (--user=)."
                 )
-            uid, items = 0, self.known_items(history)
+            uid, items = 0, self.catalogue.internal_ids(history)
             seen = items
         scores = self.scores(uid, items)
         if exclude_seen and len(seen):
             scores[np.asarray(seen)] = -np.inf
         scores[0] = -np.inf  # padding
-        order = np.argsort(-scores, kind="stable")
-        order = order[np.isfinite(scores[order])]
-        top = order[:topk]
-        if new_item_slots > 0 and len(self.item_tokens) > self.trained_items:
-            is_new = order >= self.trained_items
-            new = order[is_new][: min(new_item_slots, topk)]
-            top = np.concatenate([order[~is_new][: topk - len(new)], new])
-            top = top[np.argsort(-scores[top], kind="stable")]
+        top = top_items(scores, topk, self.catalogue.trained, new_item_slots)
+        catalogue = self.catalogue
         return [
-            Recommendation(
-                rank, self.item_tokens[i], float(scores[i]), self.item_text[i], bool(i >= self.trained_items)
-            )
+            Recommendation(rank, catalogue.tokens[i], float(scores[i]), catalogue.texts[i], catalogue.is_new(i))
             for rank, i in enumerate(top, 1)
         ]
 
     def user_id(self, user: str) -> int:
-        uid = self.user_index.get(str(user))
-        if uid is None or uid == 0:
-            examples = ", ".join(repr(t) for t in self.user_tokens[1:4])
-            raise UnknownIdError(
-                f"User '{user}' is not in dataset '{self.config['dataset']}' ({len(self.user_tokens) - 1} users, "
-                f"e.g. {examples}). Check the raw id, or recommend from items with history=[...] (--history=a,b,c)."
-            )
-        return uid
+        return self.users.internal_id(user)
 
     def user_history(self, uid: int) -> tuple[list[int], list[int]]:
         """(last items in time order, every item the user interacted with) as internal ids."""
@@ -201,23 +285,13 @@ class Recommender:
         seen = torch.unique(torch.cat([targets, lists.flatten()]))
         return history, seen[seen > 0].tolist()
 
-    def known_items(self, history: Sequence[str]) -> list[int]:
-        known = [self.item_index[str(item)] for item in history if self.item_index.get(str(item), 0) > 0]
-        unknown = [str(item) for item in history if self.item_index.get(str(item), 0) <= 0]
-        if unknown:
-            self.logger.warning(
-                f"{len(unknown)} of {len(history)} history items are not in the catalogue and are ignored: "
-                f"{unknown[:10]}"
-            )
-        return known
-
     def scores(self, uid: int, items: list[int]) -> np.ndarray:
         """Scores over the catalogue (numpy, float64); popularity when there is no history to go on."""
         from recbole.data.interaction import Interaction
 
         if self.sequential and not items:
             self.logger.warning("No known history items: ranking by training popularity instead.")
-            popularity = np.zeros(len(self.item_tokens))  # items added after training count 0
+            popularity = np.zeros(len(self.catalogue))  # items added after training count 0
             popularity[: len(self.popularity)] = self.popularity
             return popularity
         fields: dict[str, torch.Tensor] = {self.uid_field: torch.tensor([uid])}
@@ -236,33 +310,14 @@ class Recommender:
     def add_items(self, items: Mapping[str, str]) -> list[str]:
         """Add items unseen in training (raw id -> text): encoded with the run's frozen text encoder and
         OPQ, appended to the catalogue and scored exactly like the rest. Semantic-ID models only."""
-        if not isinstance(self.model, SemanticIDRecommender):
-            raise UsageError(
-                f"{self.config['model']} learns one embedding per training item, so it cannot score items added "
-                "after training. Only semantic-ID models (ACERec, RPG) can add items without retraining."
-            )
-        ids = [str(item) for item in items]
-        clashes = [item for item in ids if item in self.item_index]
-        if clashes:
-            raise UsageError(f"Items already in the catalogue (use new ids): {clashes[:10]}")
-        texts = [" ".join(str(items[item]).split()) for item in items]
-        empty = [item for item, text in zip(ids, texts) if not text]
-        if empty:
-            raise UsageError(f"New items need text to get a semantic ID; these have none: {empty[:10]}")
+        ids, texts = self.catalogue.check_new(items)
         if not ids:
             return []
-        settings = SemanticIDSettings.from_config(self.config)
-        quantiser = OPQQuantiser.from_array(
-            self.model.sid_quantiser.cpu().numpy(), self.model.num_digits, self.model.codebook_size
-        )
-        codes = torch.as_tensor(quantiser.encode(encode_texts(texts, settings)), device=self.model.item_codes.device)
+        codes = encode_new_items(self.model, self.config, texts)
         self.model.item_codes = torch.cat([self.model.item_codes, codes])
         self.model.n_items = len(self.model.item_codes)
-        for item, text in zip(ids, texts):
-            self.item_index[item] = len(self.item_tokens)
-            self.item_tokens.append(item)
-            self.item_text.append(text)
-        self.logger.info(f"Added {len(ids)} new items; the catalogue now has {len(self.item_tokens) - 1}.")
+        self.catalogue.append(ids, texts)
+        self.logger.info(f"Added {len(ids)} new items; the catalogue now has {len(self.catalogue) - 1}.")
         return ids
 
     def add_items_from_file(self, path: str | os.PathLike) -> list[str]:

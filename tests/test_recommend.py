@@ -169,3 +169,13 @@ def test_held_out_items_are_ranked_far_above_random(tmp_path, sid_cache):
     assert report["mean_rank_percentile"] < 0.35  # random: 0.5
     slots = "hit_rate@10_with_1_new_item_slots"
     assert report[slots] > 1.5 * report[f"random_{slots}"]
+
+
+def test_top_items_keeps_slots_for_new_items_and_skips_excluded_ones():
+    from acerec_recbole.recommend import top_items
+
+    scores = np.array([-np.inf, 5.0, 4.0, -np.inf, 3.0, 1.0, 0.5])  # ids 5 and 6 were added after training
+    assert top_items(scores, 3, first_new=5).tolist() == [1, 2, 4]  # by score; -inf never appears
+    assert top_items(scores, 3, first_new=5, new_item_slots=1).tolist() == [1, 2, 5]
+    assert top_items(scores, 3, first_new=5, new_item_slots=5).tolist() == [1, 5, 6]
+    assert top_items(scores, 10, first_new=5).tolist() == [1, 2, 4, 5, 6]
