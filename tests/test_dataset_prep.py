@@ -231,3 +231,20 @@ def test_amazon_errors_name_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata file not found"):
         amazon.convert(missing_key, tmp_path / "absent.json.gz", tmp_path / "out", "x", "2014")
     assert not (tmp_path / "out" / "x").exists()
+
+
+def test_check_reports_rows_read_kept_and_what_dropped_them(tmp_path, capsys):
+    from conftest import write_dataset
+
+    from dataset_prep import check
+
+    data = write_dataset(tmp_path / "data")
+    load_col = "--load_col={'inter': ['user_id', 'item_id', 'timestamp'], 'item': ['item_id', 'title', 'categories']}"
+    rows = check.main([str(data), "toyshop", load_col])
+    inter, item = rows
+    assert inter["rows_read"] == inter["rows_kept"] > 0 and inter["dropped_by"] == "-"
+    assert item["rows_read"] == item["rows_kept"] == 48
+    assert "| toyshop.inter |" in capsys.readouterr().out
+    filtered = check.check(data, "toyshop", [load_col, "--user_inter_num_interval=[12,inf)"])
+    assert filtered[0]["rows_kept"] < filtered[0]["rows_read"]
+    assert filtered[0]["dropped_by"] == "user_inter_num_interval: [12,inf)"
