@@ -267,6 +267,9 @@ class ResumableTrainerMixin:
             if verbose:
                 self.logger.info(self._generate_train_loss_output(epoch_idx, started, ended, train_loss))
             self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
+            self.wandblogger.log_metrics(
+                {"epoch": epoch_idx, "train_loss": train_loss, "train_step": epoch_idx}, head="train"
+            )
             entry: dict[str, Any] = {
                 "epoch": epoch_idx + 1,
                 "train_seconds": ended - started,
@@ -328,6 +331,8 @@ class ResumableTrainerMixin:
             )
             self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(valid_result))
         self.tensorboard.add_scalar("Vaild_score", valid_score, epoch_idx)
+        valid_step = sum("valid_score" in h for h in self.epoch_history)
+        self.wandblogger.log_metrics({**valid_result, "valid_step": valid_step}, head="valid")
         if improved:
             if saved:
                 self._save_checkpoint(epoch_idx, verbose=verbose)
