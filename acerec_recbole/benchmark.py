@@ -96,7 +96,10 @@ def absolute_data_path(arg: str) -> str:
 
 def reproduce_command(spec: dict[str, Any]) -> str:
     """The run_recbole.py command that trains the same run alone."""
-    parts = [f"python run_recbole.py --model={spec.get('model_class', spec['model'])} --dataset={spec['dataset']}"]
+    model = spec.get("model_class", spec["model"])
+    parts = [f"python run_recbole.py --model={model} --dataset={spec['dataset']}"]
+    if model in ("ACERec", "RPG"):  # runs start from properties/model/<Model>.yaml, not the CLI's CPU profile
+        parts.append("--profile=paper")
     if spec["config_files"]:
         parts.append('--config_files="' + " ".join(spec["config_files"]) + '"')
     overridden = {arg[2:].split("=", 1)[0] for arg in spec["cmd_args"] if arg.startswith("--")}
@@ -238,7 +241,13 @@ def summarise(
     With ``current_key(model, seed)``, runs made under other settings (the yaml changed since) are left
     out of the tables, so one table never mixes two schedules; they are named with the way to refresh them.
     """
-    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("runs/*/run.json"))]
+    runs = []
+    for path in sorted(results_dir.glob("runs/*/run.json")):
+        run_record = json.loads(path.read_text())
+        spec_file = path.with_name("spec.json")
+        if spec_file.is_file():  # today's form of the command (portable paths), from the run's own spec
+            run_record["reproduce"] = reproduce_command(json.loads(spec_file.read_text()))
+        runs.append(run_record)
     runs = [r for r in runs if r["model"] in models]
     if current_key is not None:
         stale = [r for r in runs if r["key"] != current_key(r["model"], r["seed"])]
