@@ -106,7 +106,7 @@ def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     _, first, _, _ = build_pipeline("RPG", data, cache)
     files = sorted(p.name for p in cache.glob("*.npy"))
-    assert len(files) == 3 and {f.split("-")[0] for f in files} == {"emb", "codes", "opq"}
+    assert len(files) == 4 and {f.split("-")[0] for f in files} == {"emb", "codes", "opq"}
     assert all((cache / f"{name}.sha256").is_file() for name in files)
 
     def must_not_run(*_args, **_kwargs):
@@ -120,14 +120,21 @@ def test_cache_is_reused_and_invalidated_by_each_input(tmp_path, monkeypatch):
 
     build_pipeline("RPG", data, cache, sid_seed=11)  # new quantiser seed: new codes, same embeddings
     names = sorted(p.name for p in cache.glob("*.npy"))
-    assert sum(n.startswith("codes-") for n in names) == 2 and sum(n.startswith("emb-") for n in names) == 1
+    assert sum(n.startswith("codes-") for n in names) == 2 and sum(n.startswith("emb-") for n in names) == 2
     build_pipeline("RPG", data, cache, sid_num_digits=4)
     assert sum(p.name.startswith("codes-") for p in cache.glob("*.npy")) == 3
 
     item_file = data / "toyshop" / "toyshop.item"
     item_file.write_text(item_file.read_text().replace("running shoes", "trail shoes"))
-    build_pipeline("RPG", data, cache)  # changed text: new embeddings and codes
-    assert sum(p.name.startswith("emb-") for p in cache.glob("*.npy")) == 2
+    encoded = []
+    real_encode = semantic_ids.encode_texts
+    monkeypatch.setattr(
+        semantic_ids, "encode_texts", lambda texts, *a: encoded.append(len(texts)) or real_encode(texts, *a)
+    )
+    _, edited, _, _ = build_pipeline("RPG", data, cache)  # 12 shoe titles changed: only they are encoded
+    assert encoded == [12]
+    assert sum(p.name.startswith("codes-") for p in cache.glob("*.npy")) == 4  # new texts: OPQ trained again
+    assert not edited.semantic_ids.equal(first.semantic_ids)
 
 
 @pytest.mark.parametrize("kind", ["emb", "codes", "opq"])
@@ -158,7 +165,7 @@ def test_a_cache_without_checksums_is_still_checked_and_then_gets_them(tmp_path,
     with caplog.at_level(logging.WARNING):
         _, rebuilt, _, _ = build_pipeline("RPG", toy_data, cache)
     assert "codes outside 0..15" in caplog.text and rebuilt.semantic_ids.equal(first.semantic_ids)
-    assert len(list(cache.glob("*.sha256"))) == 3  # the legacy files that passed got their checksums
+    assert len(list(cache.glob("*.sha256"))) == 4  # the legacy files that passed got their checksums
 
     (cache / f"{codes_file.name}.sha256").unlink()
     codes_file.write_bytes(codes_file.read_bytes()[:40])  # truncated
@@ -260,7 +267,7 @@ def test_read_only_data_folder_is_left_untouched(tmp_path, toy_data, monkeypatch
         folder.chmod(0o755)
     assert not (folder / ".semantic_ids").exists()
     written = sorted(p.name.split("-")[0] for p in (tmp_path / "user-cache" / "toyshop").glob("*.npy"))
-    assert written == ["codes", "emb", "opq"]
+    assert written == ["codes", "emb", "emb", "opq"]  # codes, the embedding store (vectors, text keys), OPQ
 
 
 def test_read_only_cache_dir_is_read_but_never_written(tmp_path, toy_data, monkeypatch):

@@ -393,7 +393,11 @@ class ArrayCache:
             logger.warning(f"Semantic-ID cache dir {preferred} is not writable; writing to {fallback} instead.")
 
     def load(
-        self, name: str, rows: int, cols: int | None = None, valid: Callable[[np.ndarray], str | None] | None = None
+        self,
+        name: str,
+        rows: int | None,
+        cols: int | None = None,
+        valid: Callable[[np.ndarray], str | None] | None = None,
     ) -> np.ndarray | None:
         """The cached array, or None (then the caller rebuilds it). ``valid`` returns a reason to reject."""
         for directory in self.read_dirs:
@@ -412,8 +416,8 @@ class ArrayCache:
             except Exception as err:  # truncated or corrupt: rebuild, never crash
                 self.logger.warning(f"Cache file {path} is unreadable ({err}); rebuilding it.")
                 continue
-            if array.ndim != 2 or array.shape[0] != rows or (cols is not None and array.shape[1] != cols):
-                expected = (rows, cols if cols is not None else "*")
+            if array.ndim != 2 or rows not in (None, array.shape[0]) or cols not in (None, array.shape[1]):
+                expected = (rows if rows is not None else "*", cols if cols is not None else "*")
                 self.logger.warning(f"Cache file {path} has shape {array.shape}, expected {expected}; rebuilding.")
                 continue
             reason = valid(array) if valid is not None else None
@@ -424,16 +428,6 @@ class ArrayCache:
                 _write_atomically(checksum_file, hashlib.sha256(content).hexdigest().encode())
             return array
         return None
-
-    def load_or_build(self, name: str, rows: int, cols: int | None, build: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array, or ``build()`` saved under ``name``."""
-        array = self.load(name, rows, cols)
-        if array is not None:
-            self.logger.info(f"Reusing cached {name}")
-            return array
-        array = build()
-        self.save(name, array)
-        return array
 
     def save(self, name: str, array: np.ndarray) -> Path:
         self.write_dir.mkdir(parents=True, exist_ok=True)
@@ -509,12 +503,11 @@ def build_semantic_ids(
     cache = ArrayCache(_preferred_cache_dir(dataset, settings), user_cache_dir(dataset.dataset_name), logger)
     emb_key = _digest("embeddings-v1", encoder_identity(settings.encoder), unique_texts)
     started = time.perf_counter()
-
-    def encode() -> np.ndarray:
-        logger.info(f"Encoding {len(unique_texts)} item texts with {settings.encoder} ...")
-        return encode_texts(unique_texts, settings)
-
-    embeddings = cache.load_or_build(f"emb-{emb_key}.npy", len(unique_texts), None, encode)
+    embeddings = cache.load(f"emb-{emb_key}.npy", len(unique_texts))  # one file per catalogue (older caches)
+    if embeddings is None:
+        embeddings = embed_with_store(unique_texts, settings, cache, logger)
+    else:
+        logger.info(f"Reusing cached emb-{emb_key}.npy")
     timings["encode"] = time.perf_counter() - started
 
     train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
@@ -580,6 +573,30 @@ def build_semantic_ids(
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
     return codes, report, quantiser
+
+
+def embed_with_store(texts: list[str], settings: SemanticIDSettings, cache: ArrayCache, logger: Logger) -> np.ndarray:
+    """Embeddings of ``texts`` from the encoder's store of every text it has embedded (keyed by a hash
+    of the text): only texts not in the store are encoded, so editing one title costs one item."""
+    store = f"emb-store-{_digest('embedding-store-v1', encoder_identity(settings.encoder))}"
+    keys = np.frombuffer(b"".join(hashlib.sha1(t.encode("utf-8")).digest() for t in texts), np.uint8).reshape(-1, 20)
+    stored_keys = cache.load(f"{store}.keys.npy", None, 20)
+    stored = cache.load(f"{store}.npy", len(stored_keys)) if stored_keys is not None else None
+    if stored is None:
+        stored_keys, stored = np.zeros((0, 20), np.uint8), None
+    row = {key.tobytes(): index for index, key in enumerate(stored_keys)}
+    missing = [i for i, key in enumerate(keys) if key.tobytes() not in row]
+    if missing:
+        logger.info(f"Encoding {len(missing)} of {len(texts)} item texts with {settings.encoder} ...")
+        new = encode_texts([texts[i] for i in missing], settings)
+        stored = new if stored is None else np.concatenate([stored, new])
+        stored_keys = np.concatenate([stored_keys, keys[missing]])
+        cache.save(f"{store}.npy", stored)
+        cache.save(f"{store}.keys.npy", stored_keys)  # after the vectors: a kill in between only costs a rebuild
+        row = {key.tobytes(): index for index, key in enumerate(stored_keys)}
+    else:
+        logger.info(f"Reusing the {len(texts)} embeddings of {store}")
+    return np.ascontiguousarray(stored[[row[key.tobytes()] for key in keys]])
 
 
 def user_cache_dir(dataset_name: str) -> Path:
