@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed
 
@@ -59,6 +62,8 @@ def run(
     state_file = state_to_resume(config)
     if state_file is not None:
         trainer.resume(state_file)
+    if not getattr(trainer, "finished", False):
+        forecast_run(recommender, train_data, trainer.epochs - trainer.start_epoch, logger)
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -90,6 +95,63 @@ def run(
 
 
 LOG_FILE_ONLY = {"log_file_only": True}
+# A forecast above either limit is a warning: the settings are probably not meant for this machine.
+FORECAST_WARN_HOURS = 6.0
+FORECAST_WARN_MEMORY_SHARE = 0.7
+
+
+def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[str, float]:
+    """Time and memory of the whole training, from one training batch (forward + backward) run first.
+
+    The batch is run with every random generator saved and restored, and gradients cleared, so the
+    training that follows is exactly what it would have been. Warns when the run would take more than
+    FORECAST_WARN_HOURS or the batch alone a FORECAST_WARN_MEMORY_SHARE of the machine's memory.
+    """
+    import resource
+
+    import torch
+    from recbole.utils import ModelType
+
+    # traditional models (Pop, ItemKNN, EASE ...) count or solve instead of training: nothing to forecast,
+    # and their calculate_loss has side effects
+    trained_by_gradient = getattr(model, "type", None) in (ModelType.GENERAL, ModelType.SEQUENTIAL)
+    if epochs <= 0 or len(train_data) == 0 or not trained_by_gradient:
+        return {}
+    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    loader = getattr(train_data, "generator", None)
+    loader_state = loader.get_state() if loader is not None else None
+    try:
+        batch = next(iter(train_data))
+        model.train()
+        started = time.perf_counter()
+        loss = model.calculate_loss(batch.to(model.device) if hasattr(batch, "to") else batch)
+        (sum(loss) if isinstance(loss, tuple) else loss).backward()
+        seconds = time.perf_counter() - started
+    except Exception as err:  # a forecast must never stop a run; training itself will say what is wrong
+        logger.info(f"No time forecast ({type(err).__name__}: {err}).")
+        return {}
+    finally:
+        model.zero_grad(set_to_none=True)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
+        if loader is not None:
+            loader.set_state(loader_state)
+    hours = seconds * len(train_data) * epochs / 3600
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    total_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    message = (
+        f"Forecast from one training batch: ~{hours * 60 / epochs:.1f} min per epoch, at most {hours:.1f} h for "
+        f"{epochs} epochs; peak memory so far {peak_gib:.1f} of {total_gib:.0f} GiB"
+    )
+    if hours > FORECAST_WARN_HOURS or peak_gib > FORECAST_WARN_MEMORY_SHARE * total_gib:
+        logger.warning(
+            message + ". These settings look far beyond this machine: on a CPU use the CPU profile "
+            "(run_recbole.py --profile=cpu), a smaller hidden_size or fewer epochs."
+        )
+    else:
+        logger.info(message + ".")
+    return {"hours": hours, "peak_gib": peak_gib}
 
 
 def keep_details_in_log_file(logger: Any) -> None:

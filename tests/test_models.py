@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,21 @@ def test_per_prefix_batches_train_on_the_last_position(toy_data, sid_cache):
     states, targets = model.training_states(interaction)
     assert targets.equal(interaction["item_id"])
     assert torch.allclose(states, model.user_states(interaction), atol=1e-6)
+
+
+def test_the_forecast_batch_leaves_training_exactly_as_it_was(toy_data, sid_cache, monkeypatch, caplog):
+    """run() first times one training batch (forecast); with all random generators restored, the run
+    that follows is the one without the forecast, to the last digit."""
+    from acerec_recbole import quick_start
+
+    settings = toy_config(toy_data, sid_cache, epochs=2, hidden_dropout_prob=0.3, state="INFO")
+    monkeypatch.setattr(quick_start, "FORECAST_WARN_HOURS", 0.0)  # every forecast is "too long" here
+    with caplog.at_level(logging.WARNING):
+        forecast = run("ACERec", "toyshop", config_dict=settings)
+    assert "These settings look far beyond this machine" in caplog.text
+    monkeypatch.setattr(quick_start, "forecast_run", lambda *args, **kwargs: {})
+    plain = run("ACERec", "toyshop", config_dict=settings)
+    assert forecast["test_result"] == plain["test_result"]
+    assert [h["train_loss"] for h in forecast["trainer"].epoch_history] == [
+        h["train_loss"] for h in plain["trainer"].epoch_history
+    ]
