@@ -103,9 +103,10 @@ FORECAST_WARN_MEMORY_SHARE = 0.7
 def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[str, float]:
     """Time and memory of the whole training, from one training batch (forward + backward) run first.
 
-    The batch is run with every random generator saved and restored, and gradients cleared, so the
-    training that follows is exactly what it would have been. Warns when the run would take more than
-    FORECAST_WARN_HOURS or the batch alone a FORECAST_WARN_MEMORY_SHARE of the machine's memory.
+    The batch is run with every random generator and batch-norm statistic saved and restored, and
+    gradients cleared, so the training that follows is exactly what it would have been. Warns when the
+    run would take more than FORECAST_WARN_HOURS or the batch alone a FORECAST_WARN_MEMORY_SHARE of the
+    machine's memory.
     """
     import resource
 
@@ -118,6 +119,13 @@ def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[
     if epochs <= 0 or len(train_data) == 0 or not trained_by_gradient:
         return {}
     generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    # a training-mode forward updates batch-norm statistics (some RecBole models have them): keep a copy
+    norm_stats = [
+        (buffer, buffer.clone())
+        for module in model.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+        for buffer in module.buffers()
+    ]
     loader = getattr(train_data, "generator", None)
     loader_state = loader.get_state() if loader is not None else None
     try:
@@ -132,6 +140,9 @@ def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[
         return {}
     finally:
         model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in norm_stats:
+                buffer.copy_(saved)
         random.setstate(generators[0])
         np.random.set_state(generators[1])
         torch.set_rng_state(generators[2])
