@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_logger, init_seed
 
 from acerec_recbole.config import Config
 from acerec_recbole.data.files import check_dataset_files
-from acerec_recbole.trainer import find_resumable_state, resumable
+from acerec_recbole.trainer import find_resumable_state, random_states, restore_random_states, resumable
 
 
 def run(
@@ -118,7 +116,7 @@ def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[
     trained_by_gradient = getattr(model, "type", None) in (ModelType.GENERAL, ModelType.SEQUENTIAL)
     if epochs <= 0 or len(train_data) == 0 or not trained_by_gradient:
         return {}
-    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    generators = random_states(train_data)
     # a training-mode forward updates batch-norm statistics (some RecBole models have them): keep a copy
     norm_stats = [
         (buffer, buffer.clone())
@@ -126,8 +124,6 @@ def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
         for buffer in module.buffers()
     ]
-    loader = getattr(train_data, "generator", None)
-    loader_state = loader.get_state() if loader is not None else None
     try:
         batch = next(iter(train_data))
         model.train()
@@ -143,11 +139,7 @@ def forecast_run(model: Any, train_data: Any, epochs: int, logger: Any) -> dict[
         with torch.no_grad():
             for buffer, saved in norm_stats:
                 buffer.copy_(saved)
-        random.setstate(generators[0])
-        np.random.set_state(generators[1])
-        torch.set_rng_state(generators[2])
-        if loader is not None:
-            loader.set_state(loader_state)
+        restore_random_states(generators, train_data)
     hours = seconds * len(train_data) * epochs / 3600
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     total_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -120,6 +120,27 @@ def find_resumable_state(checkpoint_dir: str | Path, model: str, dataset: str) -
     return None
 
 
+def random_states(train_data: Any) -> dict[str, Any]:
+    """Every random generator training draws from: python, numpy, torch (and CUDA), the training loader's."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "train_loader": train_data.generator.get_state() if hasattr(train_data, "generator") else None,
+    }
+
+
+def restore_random_states(states: dict[str, Any], train_data: Any) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["train_loader"] is not None and hasattr(train_data, "generator"):
+        train_data.generator.set_state(states["train_loader"])
+
+
 class ResumableTrainerMixin:
     """Atomic checkpoints, a training state after every epoch, and ``resume``; see the module docstring.
 
@@ -181,13 +202,7 @@ class ResumableTrainerMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "train_loader": train_data.generator.get_state() if hasattr(train_data, "generator") else None,
-            },
+            "rng": random_states(train_data),
         }
         save_atomically(state, self.state_file)
 
@@ -224,16 +239,6 @@ class ResumableTrainerMixin:
             f"{self.best_valid_score:.4f}" + (", training already finished" if self.finished else "")
         )
 
-    def _restore_generators(self, state: dict[str, Any], train_data: Any) -> None:
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if rng["train_loader"] is not None and hasattr(train_data, "generator"):
-            train_data.generator.set_state(rng["train_loader"])
-
     # -------------------------------------------------------------------------------------- fit loop
 
     def fit(
@@ -251,7 +256,7 @@ class ResumableTrainerMixin:
                 self.scheduler.load_state_dict(self._pending_state["scheduler"])
                 # building the scheduler set the learning rate of its first step: take the saved one back
                 self.optimizer.load_state_dict(self._pending_state["optimizer"])
-            self._restore_generators(self._pending_state, train_data)
+            restore_random_states(self._pending_state["rng"], train_data)
             self._pending_state = None
         self.eval_collector.data_collect(train_data)
         if self.config["train_neg_sample_args"].get("dynamic", False):
