@@ -7,6 +7,10 @@ ACERec and RPG take a profile chosen for the hardware (``--profile=auto``, the d
 without a GPU the small CPU profile ``properties/profile/cpu-small.yaml`` (d 64, 18 epochs), with a GPU
 the paper's settings (``properties/model/<Model>.yaml``, d 448). ``--profile=cpu`` or ``--profile=paper``
 forces one; ``--config_files`` and ``--key=value`` apply on top of either. Other models ignore it.
+
+Several processes (RecBole's DDP flags, same meaning): ``--nproc=2`` trains with two processes on this
+machine (gloo on CPU, each with its share of the cores; nccl on GPUs). Several nodes: ``--world_size``
+(processes of all nodes), ``--group_offset`` (this node's first rank), ``--ip``/``--port`` (rank 0's node).
 """
 
 from __future__ import annotations
@@ -52,12 +56,18 @@ def main(argv: list[str]) -> dict:
         "--profile", default="auto", help="auto (default: cpu without a GPU, paper with one) | cpu | paper"
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of usage errors too")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this node (default 1; >1: DDP)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes of all nodes (default: nproc)")
+    parser.add_argument("--ip", default="localhost", help="address of the node that hosts rank 0 (DDP)")
+    parser.add_argument("--port", type=int, default=5678, help="free TCP port on the node of rank 0 (DDP)")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this node's first process")
     args, overrides = parser.parse_known_args(argv)
 
     import torch
 
     from acerec_recbole import run
     from acerec_recbole.errors import usage_errors_exit
+    from acerec_recbole.quick_start import launch
 
     profile_files, profile_line = choose_profile(args.model, args.profile, torch.cuda.is_available())
     if profile_line:
@@ -67,7 +77,15 @@ def main(argv: list[str]) -> dict:
     user_files = args.config_files.strip().split() if args.config_files else []
     config_files = profile_files + user_files or None
     with usage_errors_exit("run_recbole.py", args.debug):
-        result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
+        if args.nproc == 1 and args.world_size <= 0:
+            result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, cmd_args=overrides)
+        else:
+            result = launch(
+                args.model, args.dataset, config_files, cmd_args=overrides, nproc=args.nproc,
+                world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+            )  # fmt: skip
+    if result is None:  # a node without rank 0: rank 0's node reports
+        return {}
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")
     print(f"checkpoint: {result['model_file']}")

@@ -201,6 +201,142 @@ def _report_interactions_without_features() -> None:
     Dataset._filter_inter_by_user_or_item = reporting
 
 
+def _race_free_ensure_dir() -> None:
+    # RecBole's ensure_dir checks that a folder exists and then creates it: two processes started together
+    # (DDP ranks, parallel runs) both see it missing and the second dies on FileExistsError. Every module
+    # that imported it by name gets the exist_ok version.
+    import os
+
+    def ensure_dir(dir_path: str) -> None:
+        os.makedirs(dir_path, exist_ok=True)
+
+    for name in (
+        "recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.trainer.trainer",
+        "recbole.data.dataset.dataset", "recbole.data.utils",
+    ):  # fmt: skip
+        importlib.import_module(name).ensure_dir = ensure_dir
+
+
+def _ddp_backend_by_device() -> None:
+    # RecBole 1.2.1's Config._init_device, when distributed (``local_rank`` set by its run_recboles),
+    # asserts one GPU id per process, hard-codes the nccl backend and forces the device to CUDA: DDP
+    # cannot run on a CPU. Here the backend follows the device (gloo on CPU, nccl on CUDA; the key
+    # ``ddp_backend`` overrides) and the process group is initialised once per process. The
+    # single-process branch is RecBole's own.
+    from recbole.config import Config
+
+    original = Config._init_device
+    if getattr(original, "__acerec_ddp__", False):
+        return
+
+    @functools.wraps(original)
+    def init_device(self: Any) -> None:
+        settings = self.final_config_dict
+        if "local_rank" not in settings:
+            return original(self)
+        import datetime
+        import os
+
+        import torch.distributed as dist
+
+        from acerec_recbole.distributed import choose_backend
+
+        gpu_id = settings["gpu_id"]
+        settings["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+        use_cuda = bool(settings.get("use_gpu", True)) and torch.cuda.is_available() and settings["gpu_id"] != ""
+        if use_cuda:
+            os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu_id"]
+        backend = choose_backend(settings.get("ddp_backend"), use_cuda)
+        local_rank = int(settings["local_rank"])
+        if backend == "nccl" or use_cuda:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend=backend,
+                rank=local_rank + int(settings.get("offset") or 0),
+                world_size=int(settings["world_size"]),
+                init_method=f"tcp://{settings['ip']}:{settings['port']}",
+                timeout=datetime.timedelta(seconds=float(settings.get("ddp_timeout") or 1800)),
+            )
+        settings.update(device=device, single_spec=False, ddp_backend=backend)
+        if local_rank != 0:  # RecBole's convention: only each node's first process logs and shows progress
+            settings.update(state="error", show_progress=False, verbose=False)
+
+    init_device.__acerec_ddp__ = True  # type: ignore[attr-defined]
+    Config._init_device = init_device
+
+
+def _ddp_on_cpu() -> None:
+    # RecBole's AbstractTrainer wraps the model in DistributedDataParallel(device_ids=[local_rank]) after
+    # converting batch norms to SyncBatchNorm: both are CUDA-only (torch refuses device_ids for a CPU
+    # module; SyncBatchNorm cannot run on CPU). On CPU: no device_ids, batch norms left as they are.
+    from recbole.trainer import AbstractTrainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    original = AbstractTrainer.__init__
+    if getattr(original, "__acerec_ddp__", False):
+        return
+
+    @functools.wraps(original)
+    def init(self: Any, config: Any, model: Any) -> None:
+        if config["single_spec"] or config["device"].type == "cuda":
+            return original(self, config, model)
+        self.config, self.model = config, model
+        self.distributed_model = DistributedDataParallel(self.model, device_ids=None)
+
+    init.__acerec_ddp__ = True  # type: ignore[attr-defined]
+    AbstractTrainer.__init__ = init
+
+
+def _shard_without_repeats() -> None:
+    # Distributed, RecBole's data loaders take torch's DistributedSampler, which pads each loader to a
+    # multiple of the world size by repeating samples: training sees some sequences twice per epoch and
+    # evaluation counts some users twice. ShardedSampler (acerec_recbole/distributed.py) splits each
+    # global batch among the ranks instead. The single-process branch is RecBole's own.
+    from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+    from recbole.data.transform import construct_transform
+    from recbole.utils import ModelType
+
+    original = AbstractDataLoader.__init__
+    if getattr(original, "__acerec_ddp__", False):
+        return
+
+    @functools.wraps(original)
+    def init(self: Any, config: Any, dataset: Any, sampler: Any, shuffle: bool = False) -> None:
+        if config["single_spec"]:
+            return original(self, config, dataset, sampler, shuffle)
+        import torch.distributed as dist
+
+        from acerec_recbole.distributed import ShardedSampler
+
+        self.shuffle, self.config, self._dataset, self._sampler = shuffle, config, dataset, sampler
+        self._batch_size = self.step = self.model = None
+        self._init_batch_size_and_step()
+        self.generator = torch.Generator()
+        self.generator.manual_seed(config["seed"])
+        self.transform = construct_transform(config)
+        self.is_sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        shards = ShardedSampler(
+            self.sample_size, self.step, dist.get_world_size(), dist.get_rank(), shuffle, self.generator, pad=shuffle
+        )
+        self.step = shards.local_batch
+        torch.utils.data.DataLoader.__init__(
+            self,
+            dataset=list(range(self.sample_size)),
+            batch_size=self.step,
+            collate_fn=self.collate_fn,
+            num_workers=config["worker"],
+            sampler=shards,
+            generator=self.generator,
+        )
+
+    init.__acerec_ddp__ = True  # type: ignore[attr-defined]
+    AbstractDataLoader.__init__ = init
+
+
 def apply() -> None:
     """Apply all patches (safe to call more than once)."""
     global _APPLIED
@@ -213,4 +349,8 @@ def apply() -> None:
     _quiet_recbole_deprecations()
     _read_atomic_files_literally()
     _report_interactions_without_features()
+    _race_free_ensure_dir()
+    _ddp_backend_by_device()
+    _ddp_on_cpu()
+    _shard_without_repeats()
     _APPLIED = True

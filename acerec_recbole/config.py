@@ -61,7 +61,7 @@ def parse_cmd_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
             continue
         key, value = arg[2:].split("=", 1)
         if key in parsed and parsed[key] != value:
-            raise ValueError(f"Command-line argument --{key} is given twice with different values.")
+            raise UsageError(f"--{key} is given twice with different values ({parsed[key]!r} and {value!r}): keep one.")
         parsed[key] = value
     return parsed, unrecognised
 

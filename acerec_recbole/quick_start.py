@@ -60,7 +60,7 @@ def run(
     state_file = state_to_resume(config)
     if state_file is not None:
         trainer.resume(state_file)
-    if not getattr(trainer, "finished", False):
+    if not getattr(trainer, "finished", False) and config["single_spec"]:  # a DDP-wrapped model: no extra batch
         forecast_run(recommender, train_data, trainer.epochs - trainer.start_epoch, logger)
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
@@ -90,6 +90,70 @@ def run(
             (h.baseFilename for h in logger.handlers if getattr(h, "baseFilename", "").endswith(".log")), None
         ),
     }
+
+
+def launch(
+    model: str,
+    dataset: str,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    cmd_args: list[str] | None = None,
+    nproc: int = 1,
+    world_size: int = -1,
+    ip: str = "localhost",
+    port: int = 5678,
+    group_offset: int = 0,
+) -> dict[str, Any] | None:
+    """``run`` in ``nproc`` processes of a DDP group, as RecBole's ``run_recboles`` starts them.
+
+    ``world_size`` counts the processes of all nodes (default: ``nproc``, one node); this node's ranks
+    are ``group_offset`` .. ``group_offset + nproc - 1``, and all meet at ``tcp://ip:port`` (rank 0's
+    node). Settings that cannot work are refused before any process starts. Returns what rank 0's
+    ``run`` returns, without the objects that cannot leave its process (model, trainer, config), or
+    None on the nodes without rank 0.
+    """
+    import torch
+    import torch.multiprocessing as mp
+
+    from acerec_recbole.distributed import check_launch, choose_backend
+
+    world_size = nproc if world_size in (None, -1) else int(world_size)
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)  # usage errors before any process
+    check_dataset_files(config)
+    use_cuda = bool(config["use_gpu"]) and torch.cuda.is_available()
+    backend = choose_backend(config["ddp_backend"], use_cuda)
+    check_launch(nproc, world_size, group_offset, ip, int(port), backend)
+    ddp = {"world_size": world_size, "ip": ip, "port": int(port), "nproc": nproc, "offset": group_offset}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _run_rank,
+        args=(model, dataset, config_file_list, {**(config_dict or {}), **ddp}, cmd_args, queue),
+        nprocs=nproc,
+        join=True,
+    )
+    return None if queue.empty() else queue.get()
+
+
+def _run_rank(
+    local_rank: int,
+    model: str,
+    dataset: str,
+    config_file_list: list[str] | None,
+    config_dict: dict[str, Any],
+    cmd_args: list[str] | None,
+    queue: Any,
+) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from acerec_recbole.distributed import cpu_threads_per_rank
+
+    torch.set_num_threads(cpu_threads_per_rank(config_dict["nproc"]))
+    result = run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, cmd_args)
+    if local_rank + config_dict["offset"] == 0:
+        queue.put({k: v for k, v in result.items() if k not in ("config", "model", "trainer")})
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 LOG_FILE_ONLY = {"log_file_only": True}

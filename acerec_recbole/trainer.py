@@ -31,13 +31,16 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 from torch.optim.lr_scheduler import LambdaLR
 
+from acerec_recbole.distributed import WholeSetEvaluator, global_rank, is_distributed
 from acerec_recbole.errors import UsageError
 
 STATE_SUFFIX = ".state.pth"
 # Config keys that may differ between an interrupted run and its resumption (where files live, how
 # verbose it is, the resume request itself); any other difference means a different run.
+# A run may also be resumed with another number of processes (RecBole's DDP keys).
 RESUME_IGNORED_KEYS = frozenset(
     {"resume", "show_progress", "state", "data_path", "checkpoint_dir", "device", "gpu_id", "use_gpu", "log_wandb"}
+    | {"single_spec", "local_rank", "nproc", "world_size", "ip", "port", "offset", "ddp_backend", "verbose"}
 )
 
 
@@ -158,11 +161,19 @@ class ResumableTrainerMixin:
         self.finished = False
         self.last_epoch = -1
         self._pending_state: dict[str, Any] | None = None
+        if is_distributed(config):
+            # metrics on the rows of every rank at once (RecBole averages per-rank metrics already rounded)
+            self.evaluator = WholeSetEvaluator(self.evaluator)
+            # RecBole names the checkpoint after each process's start time: every rank takes rank 0's name
+            names = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
+            self.state_file = str(Path(self.saved_model_file).with_suffix(STATE_SUFFIX))
 
     # --------------------------------------------------------------------------------- checkpoints
 
     def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if global_rank(self.config) != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
@@ -183,7 +194,12 @@ class ResumableTrainerMixin:
         return None
 
     def _save_state(self, epoch: int, train_data: Any) -> None:
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        rng = random_states(train_data)
+        rng_by_rank = None
+        if is_distributed(self.config):  # each rank draws its own dropout masks: keep every rank's generators
+            rng_by_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng_by_rank, rng)
+        if global_rank(self.config) != 0:
             return
         state = {
             "format": "acerec-recbole training state v1",
@@ -202,7 +218,8 @@ class ResumableTrainerMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": random_states(train_data),
+            "rng": rng,
+            "rng_by_rank": rng_by_rank,
         }
         save_atomically(state, self.state_file)
 
@@ -239,6 +256,13 @@ class ResumableTrainerMixin:
             f"{self.best_valid_score:.4f}" + (", training already finished" if self.finished else "")
         )
 
+    def _rank_random_states(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's generators from a state: its own rank's when the state was saved by as many ranks."""
+        by_rank = state.get("rng_by_rank")
+        if is_distributed(self.config) and by_rank and len(by_rank) == torch.distributed.get_world_size():
+            return by_rank[global_rank(self.config)]
+        return state["rng"]
+
     # -------------------------------------------------------------------------------------- fit loop
 
     def fit(
@@ -256,7 +280,7 @@ class ResumableTrainerMixin:
                 self.scheduler.load_state_dict(self._pending_state["scheduler"])
                 # building the scheduler set the learning rate of its first step: take the saved one back
                 self.optimizer.load_state_dict(self._pending_state["optimizer"])
-            restore_random_states(self._pending_state["rng"], train_data)
+            restore_random_states(self._rank_random_states(self._pending_state), train_data)
             self._pending_state = None
         self.eval_collector.data_collect(train_data)
         if self.config["train_neg_sample_args"].get("dynamic", False):
@@ -305,6 +329,29 @@ class ResumableTrainerMixin:
             self._save_state(self.last_epoch, train_data)
         self._add_hparam_to_tensorboard(self.best_valid_score)
         return self.best_valid_score, self.best_valid_result
+
+    @torch.no_grad()
+    def evaluate(
+        self, eval_data: Any, load_best_model: bool = True, model_file: Any = None, show_progress: bool = False
+    ) -> Any:
+        if is_distributed(self.config) and load_best_model and eval_data:
+            # rank 0 wrote the checkpoint; the other ranks, possibly on other nodes, get its weights from it
+            self._load_best_on_every_rank(model_file or self.saved_model_file)
+            load_best_model = False
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _load_best_on_every_rank(self, checkpoint_file: Any) -> None:
+        payload: list[Any] = [None, None]
+        if global_rank(self.config) == 0:
+            checkpoint = load_checkpoint(checkpoint_file, map_location="cpu")
+            payload = [checkpoint["state_dict"], checkpoint.get("other_parameter")]
+        torch.distributed.broadcast_object_list(payload, src=0)
+        self.model.load_state_dict(payload[0])
+        self.model.load_other_parameter(payload[1])
+        self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+
+    def _map_reduce(self, result: Any, num_sample: int) -> Any:
+        return result  # WholeSetEvaluator already computed the metrics over every rank's users
 
     def _validate(
         self,

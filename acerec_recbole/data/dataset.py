@@ -10,6 +10,8 @@ costs one forward pass per window instead of one per prefix.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
+from acerec_recbole.distributed import is_distributed
 from acerec_recbole.semantic_ids import OPQQuantiser, SemanticIDSettings, build_semantic_ids
 
 # Per-position next-item targets of a training window (same layout as ITEM_SEQ, 0 = padding).
@@ -43,7 +46,8 @@ class SemanticIDDataset(SequentialDataset):
         train_items = np.concatenate(list(sequences.values())) if sequences else np.zeros(0, dtype=np.int64)
 
         settings = SemanticIDSettings.from_config(self.config)
-        codes, report, quantiser = build_semantic_ids(self, train_items, settings, self.logger)
+        with first_process_of_each_node(self.config):
+            codes, report, quantiser = build_semantic_ids(self, train_items, settings, self.logger)
         counts = np.bincount(train_items, minlength=self.item_num)[: self.item_num]
         windows = training_windows(
             sequences,
@@ -67,6 +71,21 @@ class SemanticIDDataset(SequentialDataset):
             part.semantic_id_report = report
             part.semantic_quantiser = quantiser
         return datasets
+
+
+@contextlib.contextmanager
+def first_process_of_each_node(config: Any) -> Iterator[None]:
+    """Distributed, each node's first process runs the body (building the semantic-ID cache) while the
+    others wait; then they run it too and find the cache ready: no rank encodes the catalogue twice."""
+    if not is_distributed(config):
+        yield
+        return
+    first = int(config["local_rank"]) == 0
+    if not first:
+        torch.distributed.barrier()
+    yield
+    if first:
+        torch.distributed.barrier()
 
 
 def user_training_sequences(train: SequentialDataset) -> dict[int, np.ndarray]:
