@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_resume import MODEL_ARGS, SMALL_ML100K
+from test_resume import MODEL_ARGS, SMALL_ML100K, history
 
 from acerec_recbole import Config
 from acerec_recbole.distributed import ShardedSampler
+from acerec_recbole.trainer import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +127,46 @@ def test_two_processes_train_and_report_the_metrics_of_one_process(tmp_path, sid
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
     single = trainer.evaluate(test, model_file=str(checkpoint))
     assert dict(single) == ddp_test
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_to_the_same_result(tmp_path, sid_cache):
+    """Four epochs in two processes, uninterrupted, and killed (all processes) in its second epoch then
+    resumed: the same validation curve and test metrics, so each rank's generators were restored."""
+    args = [sys.executable, str(ROOT / "run_recbole.py"), "--model=ACERec", *SMALL_ML100K, *MODEL_ARGS["ACERec"]]
+    args += [f"--sid_cache_dir={sid_cache}", "--nproc=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def start(folder: Path, *extra: str) -> subprocess.Popen:
+        folder.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [*args, f"--checkpoint_dir={folder / 'saved'}", f"--port={free_port()}", *extra],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+
+    def result(process: subprocess.Popen) -> tuple[str, str]:
+        output = process.communicate(timeout=900)[0]
+        assert process.returncode == 0, output[-3000:]
+        return output, next(x for x in output.splitlines() if x.startswith("test result: "))
+
+    _, whole_test = result(start(tmp_path / "whole"))
+    victim = start(tmp_path / "killed")
+    saved = tmp_path / "killed" / "saved"
+    deadline = time.time() + 300
+    while not list(saved.glob("*.state.pth")) and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks
+    victim.communicate()
+    (state_file,) = saved.glob("*.state.pth")
+    interrupted = load_checkpoint(state_file, required=("epoch_history",))
+    assert not interrupted["finished"] and 1 <= len(interrupted["epoch_history"]) < 4
+    assert len(interrupted["rng_by_rank"]) == 2
+
+    output, resumed_test = result(start(tmp_path / "killed", "--resume=True"))
+    assert "Resuming from" in output
+    assert history(saved) == history(tmp_path / "whole" / "saved")
+    assert resumed_test == whole_test
 
 
 @pytest.mark.parametrize(
