@@ -124,11 +124,11 @@ class SemanticIDRecommender(SequentialRecommender):
         anchors = None if size == 1 else torch.arange(size - 1, span, size, device=x.device)
         return self.output_norm(self.encoder(x, mask, anchors))
 
-    def _chunks(self, lengths: torch.Tensor) -> list[torch.Tensor]:
+    def _chunks(self, lengths: torch.Tensor, steps_per_octave: int = 1) -> list[torch.Tensor]:
         """Rows grouped so that each group is padded only to its own longest sequence."""
         if self.plain or not self.length_bucketing:
             return [torch.arange(len(lengths), device=lengths.device)]
-        return length_classes(lengths)
+        return length_classes(lengths, steps_per_octave)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -199,7 +199,7 @@ class SemanticIDRecommender(SequentialRecommender):
         lengths = interaction[self.ITEM_SEQ_LEN]
         item_seq = interaction[self.ITEM_SEQ][:, : int(lengths.max())]
         inputs, index = self._inputs_and_index(item_seq)
-        chunks = self._chunks(lengths)
+        chunks = self._chunks(lengths, steps_per_octave=2)  # finer at inference: ACERec ~10 % faster here
         states = [
             self.encode(inputs[index[chunk, : int(lengths[chunk].max())]], readout=lengths[chunk] - 1)
             for chunk in chunks

@@ -156,14 +156,18 @@ def block_causal_mask(num_blocks: int, block_size: int, anchor_is_separate: bool
     return earlier_block | within
 
 
-def length_classes(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Row indices grouped by power-of-two length class (1, 2, 3-4, 5-8, ...), ascending within a class.
+def length_classes(lengths: torch.Tensor, steps_per_octave: int = 1) -> list[torch.Tensor]:
+    """Row indices grouped by length class, ascending within a class: power-of-two classes (1, 2, 3-4,
+    5-8, ...) or, with ``steps_per_octave=2``, twice as many (1, 2, 3, 4, 5-6, 7-8, 9-12, 13-16, ...).
 
-    Padding each group only to its own longest sequence wastes less than half of any row, whatever
-    the length distribution (most Amazon histories are short, a few are 50 long).
+    Padding each group only to its own longest sequence wastes less than half of any row (under a
+    third with two steps per octave), whatever the length distribution (most Amazon histories are
+    short, a few are 50 long). Finer classes pay at inference, where a row is read out once; in
+    training (measured) the extra, smaller groups cost what they save.
     """
     lengths = lengths.clamp(min=1)
-    classes = torch.where(lengths > 1, torch.floor(torch.log2((lengths - 1).double())).long() + 1, 0)
+    log_length = torch.log2((lengths - 1).clamp(min=1).double()) * steps_per_octave
+    classes = torch.where(lengths > 1, torch.floor(log_length + 1e-9).long() + 1, 0)
     order = torch.argsort(classes, stable=True)
     counts = torch.unique_consecutive(classes[order], return_counts=True)[1]
     return list(torch.split(order, counts.tolist()))
