@@ -201,6 +201,16 @@ def _report_interactions_without_features() -> None:
     Dataset._filter_inter_by_user_or_item = reporting
 
 
+def _replace_once(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
+    """``owner.name = make(original)``, unless an earlier ``apply()`` replaced it already."""
+    original = getattr(owner, name)
+    if getattr(original, "__acerec_patched__", False):
+        return
+    replacement = functools.wraps(original)(make(original))
+    replacement.__acerec_patched__ = True  # type: ignore[attr-defined]
+    setattr(owner, name, replacement)
+
+
 def _race_free_ensure_dir() -> None:
     # RecBole's ensure_dir checks that a folder exists and then creates it: two processes started together
     # (DDP ranks, parallel runs) both see it missing and the second dies on FileExistsError. Every module
@@ -225,48 +235,45 @@ def _ddp_backend_by_device() -> None:
     # single-process branch is RecBole's own.
     from recbole.config import Config
 
-    original = Config._init_device
-    if getattr(original, "__acerec_ddp__", False):
-        return
+    def make(original: Any) -> Callable[..., Any]:
+        return lambda self: original(self) if "local_rank" not in self.final_config_dict else _init_ddp_device(self)
 
-    @functools.wraps(original)
-    def init_device(self: Any) -> None:
-        settings = self.final_config_dict
-        if "local_rank" not in settings:
-            return original(self)
-        import datetime
-        import os
+    _replace_once(Config, "_init_device", make)
 
-        import torch.distributed as dist
 
-        from acerec_recbole.distributed import choose_backend
+def _init_ddp_device(self: Any) -> None:
+    """RecBole's ``Config._init_device`` for a process of a DDP group, with the backend by device."""
+    import datetime
+    import os
 
-        gpu_id = settings["gpu_id"]
-        settings["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
-        use_cuda = bool(settings.get("use_gpu", True)) and torch.cuda.is_available() and settings["gpu_id"] != ""
-        if use_cuda:
-            os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu_id"]
-        backend = choose_backend(settings.get("ddp_backend"), use_cuda)
-        local_rank = int(settings["local_rank"])
-        if backend == "nccl" or use_cuda:
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend,
-                rank=local_rank + int(settings.get("offset") or 0),
-                world_size=int(settings["world_size"]),
-                init_method=f"tcp://{settings['ip']}:{settings['port']}",
-                timeout=datetime.timedelta(seconds=float(settings.get("ddp_timeout") or 1800)),
-            )
-        settings.update(device=device, single_spec=False, ddp_backend=backend)
-        if local_rank != 0:  # RecBole's convention: only each node's first process logs and shows progress
-            settings.update(state="error", show_progress=False, verbose=False)
+    import torch.distributed as dist
 
-    init_device.__acerec_ddp__ = True  # type: ignore[attr-defined]
-    Config._init_device = init_device
+    from acerec_recbole.distributed import choose_backend
+
+    settings = self.final_config_dict
+    gpu_id = settings["gpu_id"]
+    settings["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    use_cuda = bool(settings.get("use_gpu", True)) and torch.cuda.is_available() and settings["gpu_id"] != ""
+    if use_cuda:
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu_id"]
+    backend = choose_backend(settings.get("ddp_backend"), use_cuda)
+    local_rank = int(settings["local_rank"])
+    if backend == "nccl" or use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            rank=local_rank + int(settings.get("offset") or 0),
+            world_size=int(settings["world_size"]),
+            init_method=f"tcp://{settings['ip']}:{settings['port']}",
+            timeout=datetime.timedelta(seconds=float(settings.get("ddp_timeout") or 1800)),
+        )
+    settings.update(device=device, single_spec=False, ddp_backend=backend)
+    if local_rank != 0:  # RecBole's convention: only each node's first process logs and shows progress
+        settings.update(state="error", show_progress=False, verbose=False)
 
 
 def _ddp_on_cpu() -> None:
@@ -276,19 +283,16 @@ def _ddp_on_cpu() -> None:
     from recbole.trainer import AbstractTrainer
     from torch.nn.parallel import DistributedDataParallel
 
-    original = AbstractTrainer.__init__
-    if getattr(original, "__acerec_ddp__", False):
-        return
+    def make(original: Any) -> Callable[..., Any]:
+        def init(self: Any, config: Any, model: Any) -> None:
+            if config["single_spec"] or config["device"].type == "cuda":
+                return original(self, config, model)
+            self.config, self.model = config, model
+            self.distributed_model = DistributedDataParallel(self.model, device_ids=None)
 
-    @functools.wraps(original)
-    def init(self: Any, config: Any, model: Any) -> None:
-        if config["single_spec"] or config["device"].type == "cuda":
-            return original(self, config, model)
-        self.config, self.model = config, model
-        self.distributed_model = DistributedDataParallel(self.model, device_ids=None)
+        return init
 
-    init.__acerec_ddp__ = True  # type: ignore[attr-defined]
-    AbstractTrainer.__init__ = init
+    _replace_once(AbstractTrainer, "__init__", make)
 
 
 def _shard_without_repeats() -> None:
@@ -297,44 +301,45 @@ def _shard_without_repeats() -> None:
     # evaluation counts some users twice. ShardedSampler (acerec_recbole/distributed.py) splits each
     # global batch among the ranks instead. The single-process branch is RecBole's own.
     from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+
+    def make(original: Any) -> Callable[..., Any]:
+        return lambda self, config, dataset, sampler, shuffle=False: (
+            original(self, config, dataset, sampler, shuffle)
+            if config["single_spec"]
+            else _init_sharded_loader(self, config, dataset, sampler, shuffle)
+        )
+
+    _replace_once(AbstractDataLoader, "__init__", make)
+
+
+def _init_sharded_loader(self: Any, config: Any, dataset: Any, sampler: Any, shuffle: bool) -> None:
+    """RecBole's ``AbstractDataLoader.__init__`` in a DDP group, with ``ShardedSampler``."""
+    import torch.distributed as dist
     from recbole.data.transform import construct_transform
     from recbole.utils import ModelType
 
-    original = AbstractDataLoader.__init__
-    if getattr(original, "__acerec_ddp__", False):
-        return
+    from acerec_recbole.distributed import ShardedSampler
 
-    @functools.wraps(original)
-    def init(self: Any, config: Any, dataset: Any, sampler: Any, shuffle: bool = False) -> None:
-        if config["single_spec"]:
-            return original(self, config, dataset, sampler, shuffle)
-        import torch.distributed as dist
-
-        from acerec_recbole.distributed import ShardedSampler
-
-        self.shuffle, self.config, self._dataset, self._sampler = shuffle, config, dataset, sampler
-        self._batch_size = self.step = self.model = None
-        self._init_batch_size_and_step()
-        self.generator = torch.Generator()
-        self.generator.manual_seed(config["seed"])
-        self.transform = construct_transform(config)
-        self.is_sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
-        shards = ShardedSampler(
-            self.sample_size, self.step, dist.get_world_size(), dist.get_rank(), shuffle, self.generator, pad=shuffle
-        )
-        self.step = shards.local_batch
-        torch.utils.data.DataLoader.__init__(
-            self,
-            dataset=list(range(self.sample_size)),
-            batch_size=self.step,
-            collate_fn=self.collate_fn,
-            num_workers=config["worker"],
-            sampler=shards,
-            generator=self.generator,
-        )
-
-    init.__acerec_ddp__ = True  # type: ignore[attr-defined]
-    AbstractDataLoader.__init__ = init
+    self.shuffle, self.config, self._dataset, self._sampler = shuffle, config, dataset, sampler
+    self._batch_size = self.step = self.model = None
+    self._init_batch_size_and_step()
+    self.generator = torch.Generator()
+    self.generator.manual_seed(config["seed"])
+    self.transform = construct_transform(config)
+    self.is_sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    shards = ShardedSampler(
+        self.sample_size, self.step, dist.get_world_size(), dist.get_rank(), shuffle, self.generator, pad=shuffle
+    )
+    self.step = shards.local_batch
+    torch.utils.data.DataLoader.__init__(
+        self,
+        dataset=list(range(self.sample_size)),
+        batch_size=self.step,
+        collate_fn=self.collate_fn,
+        num_workers=config["worker"],
+        sampler=shards,
+        generator=self.generator,
+    )
 
 
 def apply() -> None:
