@@ -106,7 +106,8 @@ class ShardedSampler(torch.utils.data.Sampler[int]):
     """This rank's sample indices, in the order of its batches, without RecBole's repeated samples.
 
     The order of all ``size`` samples (a permutation from the loader's generator, the same on every rank,
-    when shuffling) is cut into global batches of ``global_batch``; each global batch is split into
+    when shuffling) is cut into global batches of ``global_batch`` (rounded down to a multiple of
+    ``world_size``, as RecBole does); each global batch is split into
     ``world_size`` near-equal parts and part ``rank`` is this rank's batch. Every sample is used once per
     pass overall. Training (``pad``) needs the same number of steps on every rank: only when the last
     global batch has fewer samples than ranks does a rank with no part take one sample of that batch
