@@ -146,11 +146,11 @@ def _run_rank(
     import torch
     import torch.distributed as dist
 
-    from acerec_recbole.distributed import cpu_threads_per_rank
+    from acerec_recbole.distributed import cpu_threads_per_rank, global_rank
 
     torch.set_num_threads(cpu_threads_per_rank(config_dict["nproc"]))
     result = run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, cmd_args)
-    if local_rank + config_dict["offset"] == 0:
+    if global_rank(result["config"]) == 0:
         queue.put({k: v for k, v in result.items() if k not in ("config", "model", "trainer")})
     dist.barrier()
     dist.destroy_process_group()
