@@ -199,15 +199,20 @@ def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False)
             continue
         out.mkdir(parents=True, exist_ok=True)
         previous = out / "spec.json"
+        continuing = False
         if rerun or not previous.is_file() or json.loads(previous.read_text()).get("key") != spec["key"]:
             clear_checkpoints(out)  # a training state left by other settings (or --rerun) must not be resumed
         elif list((out / "saved").glob("*.state.pth")):
+            continuing = True
             print(f"[{index}/{len(specs)}] {name}: continuing an interrupted run from its last finished epoch")
         previous.write_text(json.dumps(spec, indent=1))
         log = results_dir / "logs" / f"{name}.log"
         print(f"[{index}/{len(specs)}] {name}: training (log: {log})", flush=True)
         started = time.perf_counter()
-        with open(log, "w") as handle:
+        with open(log, "a" if continuing else "w") as handle:  # a continued run keeps its earlier epochs' log
+            if continuing:
+                handle.write(f"\n----- continued {time.strftime('%Y-%m-%d %H:%M:%S')} from the last training state -----\n")
+                handle.flush()
             code = subprocess.call(
                 [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
                 stdout=handle,

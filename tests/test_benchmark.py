@@ -97,28 +97,34 @@ def test_an_interrupted_benchmark_run_continues_from_its_last_epoch(plan_file, t
     results = tmp_path / "results"
     argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG", "--seeds=3"]
     plan = benchmark.load_plan("toyshop", "cpu", str(plan_file))
-    spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=8"])
+    spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=8", "--state=INFO"])  # INFO: epochs in the log
     out = results / "runs" / "RPG-seed3"
     out.mkdir(parents=True)
     (out / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(benchmark.PROJECT_ROOT)}
+    log = results / "logs" / "RPG-seed3.log"  # where the benchmark itself sends a run's output
+    log.parent.mkdir(parents=True)
+    handle = log.open("w")
     child = subprocess.Popen(
         [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.time() + 300
     while not list((out / "saved").glob("*.state.pth")) and time.time() < deadline and child.poll() is None:
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    handle.close()
     assert not (out / "run.json").exists()
 
     capsys.readouterr()
-    benchmark.main(argv + ["--epochs=8"])
+    benchmark.main(argv + ["--epochs=8", "--state=INFO"])
     assert "continuing an interrupted run from its last finished epoch" in capsys.readouterr().out
     record = json.loads((out / "run.json").read_text())
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
     assert not list((out / "saved").glob("*.pth"))  # weights and states are removed once the run is recorded
+    first, _, continued = log.read_text().partition("continued")  # the first part of the log is kept
+    assert "epoch 0 training" in first and "epoch 7 training" in continued
 
 
 def test_a_named_variant_trains_its_model_class_under_its_own_name(plan_file, tmp_path):
