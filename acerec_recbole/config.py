@@ -123,6 +123,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "isa_temperature": _number(0, low_open=True),
     "mtp_temperature": _number(0, low_open=True),
     "popularity_beta": _number(0),
+    "position_init_std": _number(0),
     "warmup_ratio": _number(0, 1, high_open=False),
     "sid_num_digits": _integer(1),
     "sid_codebook_size": _one_of(2, 4, 8, 16, 32, 64, 128, 256),

@@ -84,6 +84,24 @@ def test_ablation_switches_build_and_train(toy_data, sid_cache, switches):
     assert model.full_sort_predict(interaction).shape == (len(interaction), model.n_items)
 
 
+@pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
+def test_position_init_std_sets_how_much_order_the_inputs_carry_at_initialisation(toy_data, sid_cache, model_name):
+    """At 0.02 ACERec's positions are a few percent of its (normalised) item inputs; at 1.0 they are on a par."""
+    share = {}
+    for std in (0.02, 1.0):
+        _, _, _, model = build_pipeline(model_name, toy_data, sid_cache, hidden_size=64, position_init_std=std)
+        positions = model.position_inputs(model.max_seq_length)
+        weights = [p for n, p in model.named_parameters() if "step_" in n or "slot_" in n or "position_" in n]
+        assert len(weights) == (2 if model_name == "ACERec" else 1)
+        assert all(float(w.std()) == pytest.approx(std, rel=0.1) for w in weights)
+        with torch.no_grad():
+            items = model.item_inputs(torch.arange(1, model.n_items))
+        share[std] = float(positions.norm(dim=-1).mean() / items.norm(dim=-1).mean())
+    assert share[1.0] > 20 * share[0.02]
+    if model_name == "ACERec":
+        assert share[0.02] < 0.1 < 0.5 < share[1.0], share
+
+
 def test_predict_matches_full_sort_scores(toy_data, sid_cache):
     _, _, (_, valid, _), model = build_pipeline("ACERec", toy_data, sid_cache)
     model.eval()

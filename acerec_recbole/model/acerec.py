@@ -55,6 +55,7 @@ class ACERec(SemanticIDRecommender):
         self._build_sequence_encoder(config, self.block_size, anchor_is_separate=self.anchor == "intent")
         self.register_buffer("popularity_bias", popularity_bias(dataset.item_train_counts, config["popularity_beta"]))
         self.apply(self._init_weights)
+        self._init_positions(self.step_embedding, self.slot_embedding)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
