@@ -211,7 +211,8 @@ def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False)
         started = time.perf_counter()
         with open(log, "a" if continuing else "w") as handle:  # a continued run keeps its earlier epochs' log
             if continuing:
-                handle.write(f"\n----- continued {time.strftime('%Y-%m-%d %H:%M:%S')} from the last training state -----\n")
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                handle.write(f"\n----- continued {stamp} from the last training state -----\n")
                 handle.flush()
             code = subprocess.call(
                 [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
