@@ -252,6 +252,26 @@ def opq_codes(
     through a (whitened) PCA fitted on the same training items. Returns the codes and the trained
     quantiser (which encodes items added later into the same code space).
     """
+    from threadpoolctl import threadpool_limits
+
+    # One thread for every BLAS and OpenMP pool (numpy's and faiss's): k-means and the Procrustes loop
+    # amplify rounding differences, and multi-threaded sums round differently for each thread count.
+    # On amazon2014-beauty, 1 vs 2 threads gave codes with only 41 % of digits equal; pinned, the codes
+    # depend on the embeddings and settings alone (the build costs ~1 min on one core).
+    with threadpool_limits(limits=1):
+        return _train_opq(embeddings, train_rows, num_digits, codebook_size, seed, opq_iters, pca_dim, pca_whiten)
+
+
+def _train_opq(
+    embeddings: np.ndarray,
+    train_rows: np.ndarray,
+    num_digits: int,
+    codebook_size: int,
+    seed: int,
+    opq_iters: int,
+    pca_dim: int | None,
+    pca_whiten: bool,
+) -> tuple[np.ndarray, OPQQuantiser]:
     pca = None
     if pca_dim:
         pca = fit_pca(embeddings[train_rows], pca_dim, pca_whiten)
@@ -355,6 +375,13 @@ def unpack_codes(packed: np.ndarray, num_digits: int, nbits: int) -> np.ndarray:
     bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_digits * nbits]
     bits = bits.reshape(len(packed), num_digits, nbits).astype(np.int64)
     return (bits << np.arange(nbits)).sum(axis=2)
+
+
+def codes_digest(codes: Any) -> str:
+    """Short SHA-256 of an (n, m) code table: names the exact codes a run used (benchmark records, logs).
+    OPQ is chaotic, so two builds from embeddings that differ in the last bit give different codes."""
+    table = np.ascontiguousarray(np.asarray(codes, dtype=np.int64))
+    return hashlib.sha256(str(table.shape).encode() + table.tobytes()).hexdigest()[:16]
 
 
 def code_report(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
@@ -563,13 +590,17 @@ def build_semantic_ids(
     codes[1:] = text_codes[item_rows]
     report = code_report(codes[1:], settings.codebook_size)
     report.update(
-        seconds=timings, training_items=int(len(train_ids)), text_fallbacks=fallbacks, cache_dir=str(cache.write_dir)
+        codes_sha256=codes_digest(codes),
+        seconds=timings,
+        training_items=int(len(train_ids)),
+        text_fallbacks=fallbacks,
+        cache_dir=str(cache.write_dir),
     )
     usage = report["codes_used_per_digit"]
     logger.info(
         f"Semantic IDs: {report['unique_ids']}/{report['items']} unique ({report['unique_rate']:.2%}, collision "
         f"rate {report['collision_rate']:.2%}); codes used per digit min/mean/max {usage['min']}/"
-        f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; seconds "
+        f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; codes {report['codes_sha256']}; seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
     return codes, report, quantiser
