@@ -125,6 +125,7 @@ def portable_data_path(arg: str) -> str:
 def run_one(spec_file: Path) -> dict[str, Any]:
     """Train + test one (model, seed); record per-epoch validation NDCG@10 and times; write run.json."""
     from acerec_recbole import run
+    from acerec_recbole.semantic_ids import codes_digest
     from acerec_recbole.speed import peak_rss_gib
     from acerec_recbole.trainer import plain
 
@@ -137,6 +138,7 @@ def run_one(spec_file: Path) -> dict[str, Any]:
     history = result["trainer"].epoch_history
     config = result["config"]
     (out / "config.yaml").write_text(yaml.safe_dump(plain(config.final_config_dict), sort_keys=True))
+    codes = getattr(result["model"], "item_codes", None)
     scored = [h for h in history if "valid_score" in h]
     best_epoch = max(scored, key=lambda h: h["valid_score"])["epoch"] if scored else None
     record = {
@@ -146,6 +148,8 @@ def run_one(spec_file: Path) -> dict[str, Any]:
         "seed": spec["seed"],
         "reproduce": reproduce_command(spec),
         "params": sum(p.numel() for p in result["model"].parameters()),
+        # the exact semantic IDs the model was trained and tested with (resumed runs: the checkpoint's)
+        "semantic_ids_sha256": codes_digest(codes.cpu().numpy()) if codes is not None else None,
         "hidden_size": config["hidden_size"],
         "train_batch_size": config["train_batch_size"],
         "epochs_run": len(history),

@@ -42,6 +42,12 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
         assert not list((results / "runs" / name / "saved").glob("*.pth"))
         assert (results / "logs" / f"{name}.log").stat().st_size > 0
     assert config["hidden_size"] == 16  # the per-model section reached SASRec only
+    digests = {
+        json.loads((results / "runs" / n / "run.json").read_text())["semantic_ids_sha256"]
+        for n in ("RPG-seed3", "RPG-seed4")
+    }
+    assert len(digests) == 1 and len(digests.pop()) == 16  # both seeds trained on the same codes, named
+    assert json.loads((results / "runs/SASRec-seed3/run.json").read_text())["semantic_ids_sha256"] is None
     assert json.loads((results / "runs/RPG-seed3/run.json").read_text())["hidden_size"] == 32
 
     with open(results / "results.csv") as handle:
