@@ -78,6 +78,32 @@ def test_opq_trains_on_one_thread_whatever_the_caller_allows(monkeypatch):
     assert set(after.values()) == {2}  # the caller's limits are back
 
 
+def test_codes_from_a_checkpoint_are_used_exactly_and_foreign_ones_refused(tmp_path, toy_data, sid_cache):
+    """sid_codes_from: a run trains on the very codes of an earlier model, not on a rebuild of them."""
+    _, _, _, model = build_pipeline("RPG", toy_data, sid_cache)
+    checkpoint = tmp_path / "earlier.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    _, rebuilt, _, _ = build_pipeline("RPG", toy_data, sid_cache, sid_seed=7)  # another OPQ: other codes
+    assert not rebuilt.semantic_ids.equal(model.item_codes)
+
+    _, reused, _, again = build_pipeline("RPG", toy_data, sid_cache, sid_seed=7, sid_codes_from=str(checkpoint))
+    assert reused.semantic_ids.equal(model.item_codes) and again.item_codes.equal(model.item_codes)
+    report = reused.semantic_id_report
+    assert report["codes_from"] == str(checkpoint) and report["codes_from_agreement"] == 1.0
+    assert report["codes_sha256"] == semantic_ids.codes_digest(model.item_codes)
+
+    state = model.state_dict()
+    state["item_codes"] = state["item_codes"][torch.randperm(len(state["item_codes"]), generator=torch.manual_seed(0))]
+    torch.save({"state_dict": state}, tmp_path / "shuffled.pth")
+    with pytest.raises(SemanticIDError, match="codes belong to other items"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "shuffled.pth"))
+    with pytest.raises(SemanticIDError, match="sid_codes_from=.*no such checkpoint"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "missing.pth"))
+    torch.save({"state_dict": {}}, tmp_path / "sasrec.pth")
+    with pytest.raises(SemanticIDError, match="holds no semantic IDs"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "sasrec.pth"))
+
+
 @pytest.mark.parametrize("codebook_size", [16, 64])
 def test_stored_quantiser_encodes_exactly_like_training(codebook_size):
     """The quantiser kept for new items (flattened to one array and back) reproduces every trained code."""

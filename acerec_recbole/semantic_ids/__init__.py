@@ -50,6 +50,7 @@ class SemanticIDSettings:
     pca_dim: int | None = None
     pca_whiten: bool = True
     cache_dir: str | None = None
+    codes_from: str | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> SemanticIDSettings:
@@ -72,6 +73,7 @@ class SemanticIDSettings:
             pca_dim=int(config["sid_pca_dim"]) if config["sid_pca_dim"] else None,
             pca_whiten=bool(get("sid_pca_whiten", True)),
             cache_dir=get("sid_cache_dir", None),
+            codes_from=get("sid_codes_from", None),
         )
 
 
@@ -539,12 +541,100 @@ def build_semantic_ids(
 
     train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
     train_ids = train_ids[train_ids > 0]
+    started = time.perf_counter()
+    if settings.codes_from:
+        codes, quantiser, agreement = codes_from_checkpoint(settings, embeddings[item_rows], len(texts), logger)
+    else:
+        text_codes, quantiser = _trained_codes(embeddings, item_rows, train_ids, emb_key, settings, cache, logger)
+        codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
+        codes[1:] = text_codes[item_rows]
+    timings["quantise"] = time.perf_counter() - started
+
+    report = code_report(codes[1:], settings.codebook_size)
+    if settings.codes_from:
+        report.update(codes_from=settings.codes_from, codes_from_agreement=agreement)
+    report.update(
+        codes_sha256=codes_digest(codes),
+        seconds=timings,
+        training_items=int(len(train_ids)),
+        text_fallbacks=fallbacks,
+        cache_dir=str(cache.write_dir),
+    )
+    usage = report["codes_used_per_digit"]
+    logger.info(
+        f"Semantic IDs: {report['unique_ids']}/{report['items']} unique ({report['unique_rate']:.2%}, collision "
+        f"rate {report['collision_rate']:.2%}); codes used per digit min/mean/max {usage['min']}/"
+        f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; codes {report['codes_sha256']}; seconds "
+        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    )
+    return codes, report, quantiser
+
+
+# Below this share of digits re-derived by the checkpoint's own quantiser, its codes belong to other items.
+CODES_FROM_MIN_AGREEMENT = 0.95
+
+
+def codes_from_checkpoint(
+    settings: SemanticIDSettings, item_embeddings: np.ndarray, n_items: int, logger: Logger
+) -> tuple[np.ndarray, OPQQuantiser, float]:
+    """The exact codes and quantiser a model was trained with (``sid_codes_from``: its checkpoint).
+
+    OPQ is chaotic: embeddings that differ in the last bit (another encoder batch, another BLAS) give
+    other codes, so a figure is reproduced exactly only with its own codes. The checkpoint's quantiser
+    re-encodes this dataset's embeddings (not chaotic: only near-ties flip); if fewer than 95 % of the
+    digits agree, the codes belong to another dataset, item order or text, and nothing is used.
+    """
+    import torch
+
+    path = Path(settings.codes_from).expanduser()
+    if not path.is_file():
+        raise SemanticIDError(f"sid_codes_from={settings.codes_from}: no such checkpoint file.")
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    if "item_codes" not in state or "sid_quantiser" not in state:
+        raise SemanticIDError(
+            f"sid_codes_from={settings.codes_from} holds no semantic IDs (item_codes, sid_quantiser): "
+            "give the checkpoint of an ACERec or RPG run."
+        )
+    codes = state["item_codes"].numpy().astype(np.int64)
+    if codes.shape != (n_items, settings.num_digits):
+        raise SemanticIDError(
+            f"sid_codes_from={settings.codes_from} has codes for {codes.shape[0]} items x {codes.shape[1]} digits; "
+            f"this dataset has {n_items} items (with padding) and sid_num_digits={settings.num_digits}."
+        )
+    try:
+        quantiser = OPQQuantiser.from_array(state["sid_quantiser"].numpy(), settings.num_digits, settings.codebook_size)
+        rederived = quantiser.encode(item_embeddings)
+    except (SemanticIDError, ValueError) as err:
+        raise SemanticIDError(
+            f"sid_codes_from={settings.codes_from}: its quantiser does not fit these settings or this text encoder "
+            f"(sid_pca_dim, sid_codebook_size, sid_text_encoder): {err}"
+        ) from err
+    agreement = float((rederived == codes[1:]).mean())
+    if agreement < CODES_FROM_MIN_AGREEMENT:
+        raise SemanticIDError(
+            f"sid_codes_from={settings.codes_from}: only {agreement:.1%} of the digits match what its own quantiser "
+            "gives this dataset's item texts, so its codes belong to other items (another dataset, item file or "
+            "text fields). Use a checkpoint trained on this dataset, or remove sid_codes_from."
+        )
+    logger.info(f"Semantic IDs from {path} ({agreement:.2%} of digits re-derived by its quantiser)")
+    return codes, quantiser, agreement
+
+
+def _trained_codes(
+    embeddings: np.ndarray,
+    item_rows: np.ndarray,
+    train_ids: np.ndarray,
+    emb_key: str,
+    settings: SemanticIDSettings,
+    cache: ArrayCache,
+    logger: Logger,
+) -> tuple[np.ndarray, OPQQuantiser]:
+    """Codes per unique text and the quantiser: from the cache, or OPQ trained on the training items."""
     train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
     if settings.pca_dim:  # only then, so that caches made before the PCA option keep their keys
         quant.update(pca_dim=settings.pca_dim, pca_whiten=settings.pca_whiten)
     code_key = _digest("codes-v3", emb_key, quant, train_rows.tolist())
-    started = time.perf_counter()
     dim = embeddings.shape[1]
     code_dim = settings.pca_dim or dim
     quantiser_rows = code_dim + settings.codebook_size + (dim + 1 if settings.pca_dim else 0)
@@ -554,7 +644,7 @@ def build_semantic_ids(
             return f"codes outside 0..{settings.codebook_size - 1}"
         return None
 
-    text_codes = cache.load(f"codes-{code_key}.npy", len(unique_texts), settings.num_digits, codes_in_range)
+    text_codes = cache.load(f"codes-{code_key}.npy", len(embeddings), settings.num_digits, codes_in_range)
     stored = cache.load(f"opq-{code_key}.npy", quantiser_rows, code_dim)
     if text_codes is not None and stored is not None:
         logger.info(f"Reusing cached codes-{code_key}.npy and its quantiser")
@@ -584,26 +674,7 @@ def build_semantic_ids(
         )
         cache.save(f"opq-{code_key}.npy", quantiser.to_array())
         cache.save(f"codes-{code_key}.npy", text_codes)
-    timings["quantise"] = time.perf_counter() - started
-
-    codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
-    codes[1:] = text_codes[item_rows]
-    report = code_report(codes[1:], settings.codebook_size)
-    report.update(
-        codes_sha256=codes_digest(codes),
-        seconds=timings,
-        training_items=int(len(train_ids)),
-        text_fallbacks=fallbacks,
-        cache_dir=str(cache.write_dir),
-    )
-    usage = report["codes_used_per_digit"]
-    logger.info(
-        f"Semantic IDs: {report['unique_ids']}/{report['items']} unique ({report['unique_rate']:.2%}, collision "
-        f"rate {report['collision_rate']:.2%}); codes used per digit min/mean/max {usage['min']}/"
-        f"{usage['mean']:.1f}/{usage['max']} of {settings.codebook_size}; codes {report['codes_sha256']}; seconds "
-        + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-    )
-    return codes, report, quantiser
+    return text_codes, quantiser
 
 
 def embed_with_store(texts: list[str], settings: SemanticIDSettings, cache: ArrayCache, logger: Logger) -> np.ndarray:
