@@ -63,14 +63,10 @@ class SemanticIDRecommender(SequentialRecommender):
         self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
         self._catalogue_cache: tuple[Any, torch.Tensor] | None = None
+        # std of the position embeddings at initialisation: at 0.02 (RecBole's and RPG's habit) they are ~2 %
+        # of ACERec's normalised latents, so its encoder starts nearly blind to order
         std = config["position_init_std"]
         self.position_init_std = 0.02 if std is None else float(std)
-
-    def _init_positions(self, *embeddings: nn.Embedding) -> None:
-        """Position embeddings at ``position_init_std``: at 0.02 (RecBole's and RPG's habit) they are ~2 %
-        of ACERec's normalised latents at initialisation, so the encoder starts nearly blind to order."""
-        for embedding in embeddings:
-            nn.init.normal_(embedding.weight, std=self.position_init_std)
 
     def _build_sequence_encoder(self, config: Any, block_size: int, anchor_is_separate: bool) -> None:
         """Input norm and dropout, the block-causal Transformer and the output norm.

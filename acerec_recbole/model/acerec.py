@@ -55,12 +55,13 @@ class ACERec(SemanticIDRecommender):
         self._build_sequence_encoder(config, self.block_size, anchor_is_separate=self.anchor == "intent")
         self.register_buffer("popularity_bias", popularity_bias(dataset.item_train_counts, config["popularity_beta"]))
         self.apply(self._init_weights)
-        self._init_positions(self.step_embedding, self.slot_embedding)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
+        """Embeddings at std 0.02, step and slot at ``position_init_std`` (drawn in the same order, so the
+        default gives the same weights as before the key existed)."""
         if isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            positions = module is self.step_embedding or module is self.slot_embedding
+            nn.init.normal_(module.weight, std=self.position_init_std if positions else 0.02)
 
     def item_inputs(self, items: torch.Tensor) -> torch.Tensor:
         """Items (U,) -> blocks (U, k [+ 1], d): the k merged latents, then the Intent Token, which

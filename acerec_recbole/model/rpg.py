@@ -17,7 +17,7 @@ class RPG(SemanticIDRecommender):
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self._init_positions(self.position_embedding)
+        nn.init.normal_(self.position_embedding.weight, std=self.position_init_std)
         self._build_sequence_encoder(config, block_size=1, anchor_is_separate=False)
 
     def item_inputs(self, items: torch.Tensor) -> torch.Tensor:
