@@ -99,6 +99,9 @@ def test_codes_from_a_checkpoint_are_used_exactly_and_foreign_ones_refused(tmp_p
         build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "shuffled.pth"))
     with pytest.raises(SemanticIDError, match="sid_codes_from=.*no such checkpoint"):
         build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "missing.pth"))
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(SemanticIDError, match="not a readable torch checkpoint"):
+        build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "notes.pth"))
     torch.save({"state_dict": {}}, tmp_path / "sasrec.pth")
     with pytest.raises(SemanticIDError, match="holds no semantic IDs"):
         build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "sasrec.pth"))

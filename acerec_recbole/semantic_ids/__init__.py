@@ -589,7 +589,12 @@ def codes_from_checkpoint(
     path = Path(settings.codes_from).expanduser()
     if not path.is_file():
         raise SemanticIDError(f"sid_codes_from={settings.codes_from}: no such checkpoint file.")
-    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        message = f"sid_codes_from={settings.codes_from} is not a readable torch checkpoint: {err}"
+        raise SemanticIDError(message) from err
+    state = loaded.get("state_dict", {}) if isinstance(loaded, dict) else {}
     if "item_codes" not in state or "sid_quantiser" not in state:
         raise SemanticIDError(
             f"sid_codes_from={settings.codes_from} holds no semantic IDs (item_codes, sid_quantiser): "
