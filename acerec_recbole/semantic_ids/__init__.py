@@ -261,44 +261,31 @@ def opq_codes(
     # On amazon2014-beauty, 1 vs 2 threads gave codes with only 41 % of digits equal; pinned, the codes
     # depend on the embeddings and settings alone (the build costs ~1 min on one core).
     with threadpool_limits(limits=1):
-        return _train_opq(embeddings, train_rows, num_digits, codebook_size, seed, opq_iters, pca_dim, pca_whiten)
+        pca = None
+        if pca_dim:
+            pca = fit_pca(embeddings[train_rows], pca_dim, pca_whiten)
+            embeddings = embeddings.astype(np.float32) @ pca[0] + pca[1]
+        dim = embeddings.shape[1]
+        nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
+        train = np.ascontiguousarray(embeddings[train_rows], dtype=np.float32)
+        rotation = np.eye(dim, dtype=np.float32)
+        for _ in range(opq_iters):
+            rotated = np.ascontiguousarray(train @ rotation)
+            pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=4)
+            pq.train(rotated)
+            reconstruction = pq.decode(pq.compute_codes(rotated))
+            left, _, right = np.linalg.svd(train.T.astype(np.float64) @ reconstruction.astype(np.float64))
+            rotation = (left @ right).astype(np.float32)
+        pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=25)
+        pq.train(np.ascontiguousarray(train @ rotation))
+        import faiss
 
-
-def _train_opq(
-    embeddings: np.ndarray,
-    train_rows: np.ndarray,
-    num_digits: int,
-    codebook_size: int,
-    seed: int,
-    opq_iters: int,
-    pca_dim: int | None,
-    pca_whiten: bool,
-) -> tuple[np.ndarray, OPQQuantiser]:
-    pca = None
-    if pca_dim:
-        pca = fit_pca(embeddings[train_rows], pca_dim, pca_whiten)
-        embeddings = embeddings.astype(np.float32) @ pca[0] + pca[1]
-    dim = embeddings.shape[1]
-    nbits = check_quantiser_settings(dim, len(train_rows), num_digits, codebook_size)
-    train = np.ascontiguousarray(embeddings[train_rows], dtype=np.float32)
-    rotation = np.eye(dim, dtype=np.float32)
-    for _ in range(opq_iters):
-        rotated = np.ascontiguousarray(train @ rotation)
-        pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=4)
-        pq.train(rotated)
-        reconstruction = pq.decode(pq.compute_codes(rotated))
-        left, _, right = np.linalg.svd(train.T.astype(np.float64) @ reconstruction.astype(np.float64))
-        rotation = (left @ right).astype(np.float32)
-    pq = _product_quantiser(dim, num_digits, nbits, seed, kmeans_iters=25)
-    pq.train(np.ascontiguousarray(train @ rotation))
-    import faiss
-
-    centroids = faiss.vector_to_array(pq.centroids).reshape(num_digits, codebook_size, dim // num_digits)
-    quantiser = OPQQuantiser(rotation, centroids)
-    codes = quantiser.encode(embeddings)
-    if pca is not None:
-        quantiser = OPQQuantiser(rotation, centroids, *pca)
-    return codes, quantiser
+        centroids = faiss.vector_to_array(pq.centroids).reshape(num_digits, codebook_size, dim // num_digits)
+        quantiser = OPQQuantiser(rotation, centroids)
+        codes = quantiser.encode(embeddings)
+        if pca is not None:
+            quantiser = OPQQuantiser(rotation, centroids, *pca)
+        return codes, quantiser
 
 
 @dataclass(frozen=True)
