@@ -130,6 +130,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "sid_opq_iters": _integer(0),
     "sid_pca_dim": _integer(1),
     "sid_encoder_batch_size": _integer(1),
+    "sid_codes_to_cache": _one_of(True, False),
 }
 
 

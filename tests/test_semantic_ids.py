@@ -107,6 +107,27 @@ def test_codes_from_a_checkpoint_are_used_exactly_and_foreign_ones_refused(tmp_p
         build_pipeline("RPG", toy_data, sid_cache, sid_codes_from=str(tmp_path / "sasrec.pth"))
 
 
+def test_codes_to_cache_makes_a_checkpoints_codes_those_of_later_runs(tmp_path, toy_data):
+    """A fresh cache rebuilds other codes; sid_codes_to_cache puts a result's codes back for runs naming none."""
+    _, _, _, model = build_pipeline("RPG", toy_data, tmp_path / "old-cache")
+    checkpoint = tmp_path / "earlier.pth"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    fresh = tmp_path / "fresh-cache"
+    _, rebuilt, _, _ = build_pipeline("RPG", toy_data, fresh, sid_seed=7)  # stands for a rebuild that drew other codes
+    assert not rebuilt.semantic_ids.equal(model.item_codes)
+
+    build_pipeline("RPG", toy_data, fresh, sid_seed=7, sid_codes_from=str(checkpoint), sid_codes_to_cache=True)
+    _, later, _, later_model = build_pipeline("RPG", toy_data, fresh, sid_seed=7)
+    assert later.semantic_ids.equal(model.item_codes) and later_model.item_codes.equal(model.item_codes)
+    assert "codes_from" not in later.semantic_id_report
+    assert later_model.sid_quantiser.equal(model.sid_quantiser)  # new items get codes the same way too
+    _, other, _, _ = build_pipeline("RPG", toy_data, fresh, sid_seed=8)  # other settings: not these codes
+    assert not other.semantic_ids.equal(model.item_codes)
+
+    with pytest.raises(SemanticIDError, match="sid_codes_to_cache=True needs sid_codes_from"):
+        build_pipeline("RPG", toy_data, fresh, sid_codes_to_cache=True)
+
+
 @pytest.mark.parametrize("codebook_size", [16, 64])
 def test_stored_quantiser_encodes_exactly_like_training(codebook_size):
     """The quantiser kept for new items (flattened to one array and back) reproduces every trained code."""

@@ -51,6 +51,7 @@ class SemanticIDSettings:
     pca_whiten: bool = True
     cache_dir: str | None = None
     codes_from: str | None = None
+    codes_to_cache: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> SemanticIDSettings:
@@ -74,6 +75,7 @@ class SemanticIDSettings:
             pca_whiten=bool(get("sid_pca_whiten", True)),
             cache_dir=get("sid_cache_dir", None),
             codes_from=get("sid_codes_from", None),
+            codes_to_cache=bool(get("sid_codes_to_cache", False)),
         )
 
 
@@ -528,11 +530,16 @@ def build_semantic_ids(
 
     train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
     train_ids = train_ids[train_ids > 0]
+    code_key = _code_key(emb_key, item_rows, train_ids, settings)
     started = time.perf_counter()
+    if settings.codes_to_cache and not settings.codes_from:
+        raise SemanticIDError("sid_codes_to_cache=True needs sid_codes_from=<checkpoint>: the codes to store.")
     if settings.codes_from:
         codes, quantiser, agreement = codes_from_checkpoint(settings, embeddings[item_rows], len(texts), logger)
+        if settings.codes_to_cache:
+            store_codes_in_cache(codes, quantiser, item_rows, len(unique_texts), code_key, cache, logger)
     else:
-        text_codes, quantiser = _trained_codes(embeddings, item_rows, train_ids, emb_key, settings, cache, logger)
+        text_codes, quantiser = _trained_codes(embeddings, item_rows, train_ids, code_key, settings, cache, logger)
         codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
         codes[1:] = text_codes[item_rows]
     timings["quantise"] = time.perf_counter() - started
@@ -612,21 +619,52 @@ def codes_from_checkpoint(
     return codes, quantiser, agreement
 
 
+def _code_key(emb_key: str, item_rows: np.ndarray, train_ids: np.ndarray, settings: SemanticIDSettings) -> str:
+    """What cached codes are keyed on: the embeddings, the quantiser settings and the training items."""
+    train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
+    quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
+    if settings.pca_dim:  # only then, so that caches made before the PCA option keep their keys
+        quant.update(pca_dim=settings.pca_dim, pca_whiten=settings.pca_whiten)
+    return _digest("codes-v3", emb_key, quant, train_rows.tolist())
+
+
+def store_codes_in_cache(
+    codes: np.ndarray,
+    quantiser: OPQQuantiser,
+    item_rows: np.ndarray,
+    n_texts: int,
+    code_key: str,
+    cache: ArrayCache,
+    logger: Logger,
+) -> None:
+    """Make a checkpoint's codes the cached codes of these settings (``sid_codes_to_cache``).
+
+    A fresh cache rebuilds other codes (OPQ is chaotic), so this is how a result's exact codes are put
+    back for runs that name no checkpoint, e.g. the benchmark's, whose settings then stay unchanged.
+    """
+    text_codes = np.zeros((n_texts, codes.shape[1]), dtype=np.int64)
+    text_codes[item_rows] = codes[1:]
+    if not np.array_equal(text_codes[item_rows], codes[1:]):
+        raise SemanticIDError(
+            "sid_codes_to_cache: the checkpoint gives items with the same text different codes, so they cannot be "
+            "stored per text; train with sid_codes_from instead."
+        )
+    cache.save(f"opq-{code_key}.npy", quantiser.to_array())
+    path = cache.save(f"codes-{code_key}.npy", text_codes)
+    logger.info(f"Stored these codes as the cached codes of these settings: {path}")
+
+
 def _trained_codes(
     embeddings: np.ndarray,
     item_rows: np.ndarray,
     train_ids: np.ndarray,
-    emb_key: str,
+    code_key: str,
     settings: SemanticIDSettings,
     cache: ArrayCache,
     logger: Logger,
 ) -> tuple[np.ndarray, OPQQuantiser]:
     """Codes per unique text and the quantiser: from the cache, or OPQ trained on the training items."""
-    train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
-    quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
-    if settings.pca_dim:  # only then, so that caches made before the PCA option keep their keys
-        quant.update(pca_dim=settings.pca_dim, pca_whiten=settings.pca_whiten)
-    code_key = _digest("codes-v3", emb_key, quant, train_rows.tolist())
+    train_rows = np.sort(item_rows[train_ids - 1])
     dim = embeddings.shape[1]
     code_dim = settings.pca_dim or dim
     quantiser_rows = code_dim + settings.codebook_size + (dim + 1 if settings.pca_dim else 0)
