@@ -1,0 +1,90 @@
+"""Probe of ACERec's first training steps on amazon2014-toys (cpu-quality plan, seed 2020).
+
+Prints, every 25 optimiser steps: learning rate, MTP and ISA loss, gradient norm before clipping, the
+mean cosine between the states of a batch (1.0 = every position predicts the same thing) and the
+parameters with the largest gradients. Same optimiser, clipping and warm-up + cosine schedule as the
+trainer. Run from the project root; extra ``--key=value`` pairs override the plan:
+
+    OMP_NUM_THREADS=1 python results/cpu-quality/search/amazon2014-toys/early_training_probe.py \
+        --hidden_size=192 --inner_size=768 --steps=300 [--token_scale=25]
+
+``--token_scale`` multiplies the initial token table (ACERec's forward pass does not depend on the
+tokens' scale: they are LayerNorm-ed at the input and normalised at the output; only Adam's relative
+step size changes).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(ROOT))
+
+from recbole.data import create_dataset, data_preparation  # noqa: E402
+from recbole.utils import init_seed  # noqa: E402
+
+from acerec_recbole import Config  # noqa: E402
+from acerec_recbole.model.layers import intent_semantic_alignment_loss  # noqa: E402
+from acerec_recbole.trainer import warmup_cosine  # noqa: E402
+
+
+def main() -> None:
+    overrides = {k: yaml.safe_load(v) for k, v in (a.lstrip("-").split("=", 1) for a in sys.argv[1:])}
+    steps = int(overrides.pop("steps", 300))
+    token_scale = float(overrides.pop("token_scale", 1.0))
+    plan_file = ROOT / "properties/benchmark/amazon2014-toys.yaml"
+    plan = yaml.safe_load(plan_file.read_text())["profiles"]["cpu-quality"]
+    settings = {**plan["all"], **plan["ACERec"], "seed": 2020, "reproducibility": True, "show_progress": False}
+    settings = {"data_path": str(ROOT.parent / "shared/data"), **settings, **overrides}
+    config = Config("ACERec", "amazon2014-toys", config_dict=settings)
+    init_seed(2020, True)
+    train = data_preparation(config, create_dataset(config))[0]
+    init_seed(2020, True)
+    model = config.model_class(config, train.dataset)
+    with torch.no_grad():
+        model.tokens.weight.mul_(token_scale)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0)
+    total = config["epochs"] * len(train)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
+    print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} steps/epoch={len(train)}")
+    step, started, window = 0, time.time(), []
+    while step < steps:
+        for batch in train:
+            model.train()
+            states, targets = model.training_states(batch)
+            mtp = model.token_loss(states, targets)
+            candidates, index = torch.unique(targets, return_inverse=True)
+            summaries = model.item_summaries(candidates)
+            isa = intent_semantic_alignment_loss(
+                states, summaries, index, model.popularity_bias[candidates], model.isa_temperature
+            )
+            optimiser.zero_grad()
+            (mtp + model.isa_weight * isa).backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grads = {n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None}
+            optimiser.step()
+            schedule.step()
+            step += 1
+            unit = torch.nn.functional.normalize(states.detach()[:256], dim=-1)
+            window.append((float(mtp), float(isa), float(norm), float((unit @ unit.T).mean())))
+            if step % 25 == 0:
+                mean = [sum(values) / len(values) for values in zip(*window)]
+                top = sorted(grads.items(), key=lambda kv: -kv[1])[:3]
+                print(
+                    f"step {step} lr {schedule.get_last_lr()[0]:.5f} mtp {mean[0]:.3f} isa {mean[1]:.3f} "
+                    f"grad-norm {mean[2]:.2f} state-cos {mean[3]:.3f} largest {[(n, round(g, 2)) for n, g in top]} "
+                    f"{time.time() - started:.0f}s",
+                    flush=True,
+                )
+                window = []
+            if step >= steps:
+                break
+
+
+if __name__ == "__main__":
+    main()
