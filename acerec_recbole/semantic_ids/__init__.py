@@ -505,6 +505,8 @@ def build_semantic_ids(
     The quantiser is trained on the items in ``train_item_ids`` (internal ids) only.
     """
     logger = logger or getLogger()
+    if settings.codes_to_cache and not settings.codes_from:
+        raise SemanticIDError("sid_codes_to_cache=True needs sid_codes_from=<checkpoint>: the codes to store.")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     texts, fallbacks = item_texts(dataset, settings.text_fields)
@@ -532,8 +534,6 @@ def build_semantic_ids(
     train_ids = train_ids[train_ids > 0]
     code_key = _code_key(emb_key, item_rows, train_ids, settings)
     started = time.perf_counter()
-    if settings.codes_to_cache and not settings.codes_from:
-        raise SemanticIDError("sid_codes_to_cache=True needs sid_codes_from=<checkpoint>: the codes to store.")
     if settings.codes_from:
         codes, quantiser, agreement = codes_from_checkpoint(settings, embeddings[item_rows], len(texts), logger)
         if settings.codes_to_cache:
