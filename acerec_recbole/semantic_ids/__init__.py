@@ -532,14 +532,15 @@ def build_semantic_ids(
 
     train_ids = np.unique(np.asarray(train_item_ids, dtype=np.int64))
     train_ids = train_ids[train_ids > 0]
-    code_key = _code_key(emb_key, item_rows, train_ids, settings)
+    train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
+    code_key = _code_key(emb_key, train_rows, settings)
     started = time.perf_counter()
     if settings.codes_from:
         codes, quantiser, agreement = codes_from_checkpoint(settings, embeddings[item_rows], len(texts), logger)
         if settings.codes_to_cache:
             store_codes_in_cache(codes, quantiser, item_rows, len(unique_texts), code_key, cache, logger)
     else:
-        text_codes, quantiser = _trained_codes(embeddings, item_rows, train_ids, code_key, settings, cache, logger)
+        text_codes, quantiser = _trained_codes(embeddings, train_rows, code_key, settings, cache, logger)
         codes = np.zeros((len(texts), settings.num_digits), dtype=np.int64)
         codes[1:] = text_codes[item_rows]
     timings["quantise"] = time.perf_counter() - started
@@ -619,9 +620,8 @@ def codes_from_checkpoint(
     return codes, quantiser, agreement
 
 
-def _code_key(emb_key: str, item_rows: np.ndarray, train_ids: np.ndarray, settings: SemanticIDSettings) -> str:
+def _code_key(emb_key: str, train_rows: np.ndarray, settings: SemanticIDSettings) -> str:
     """What cached codes are keyed on: the embeddings, the quantiser settings and the training items."""
-    train_rows = np.sort(item_rows[train_ids - 1])  # one row per training item, order-independent
     quant = {k: v for k, v in asdict(settings).items() if k in ("num_digits", "codebook_size", "seed", "opq_iters")}
     if settings.pca_dim:  # only then, so that caches made before the PCA option keep their keys
         quant.update(pca_dim=settings.pca_dim, pca_whiten=settings.pca_whiten)
@@ -649,22 +649,25 @@ def store_codes_in_cache(
             "sid_codes_to_cache: the checkpoint gives items with the same text different codes, so they cannot be "
             "stored per text; train with sid_codes_from instead."
         )
-    cache.save(f"opq-{code_key}.npy", quantiser.to_array())
-    path = cache.save(f"codes-{code_key}.npy", text_codes)
+    path = _save_codes(cache, code_key, text_codes, quantiser)
     logger.info(f"Stored these codes as the cached codes of these settings: {path}")
+
+
+def _save_codes(cache: ArrayCache, code_key: str, text_codes: np.ndarray, quantiser: OPQQuantiser) -> Path:
+    """The one writer of cached codes (``_trained_codes`` reads these names); returns the codes file."""
+    cache.save(f"opq-{code_key}.npy", quantiser.to_array())
+    return cache.save(f"codes-{code_key}.npy", text_codes)
 
 
 def _trained_codes(
     embeddings: np.ndarray,
-    item_rows: np.ndarray,
-    train_ids: np.ndarray,
+    train_rows: np.ndarray,
     code_key: str,
     settings: SemanticIDSettings,
     cache: ArrayCache,
     logger: Logger,
 ) -> tuple[np.ndarray, OPQQuantiser]:
     """Codes per unique text and the quantiser: from the cache, or OPQ trained on the training items."""
-    train_rows = np.sort(item_rows[train_ids - 1])
     dim = embeddings.shape[1]
     code_dim = settings.pca_dim or dim
     quantiser_rows = code_dim + settings.codebook_size + (dim + 1 if settings.pca_dim else 0)
@@ -702,8 +705,7 @@ def _trained_codes(
             settings.pca_dim,
             settings.pca_whiten,
         )
-        cache.save(f"opq-{code_key}.npy", quantiser.to_array())
-        cache.save(f"codes-{code_key}.npy", text_codes)
+        _save_codes(cache, code_key, text_codes, quantiser)
     return text_codes, quantiser
 
 
