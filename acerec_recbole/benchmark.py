@@ -20,6 +20,7 @@ from every finished run made with the current settings (others are named and lef
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import hashlib
 import json
@@ -78,13 +79,35 @@ def run_spec(plan: dict[str, Any], model: str, dataset: str, seed: int, config_f
         "config_dict": config_dict,
         "cmd_args": cmd_args,
     }
+    # a setting is the same run whether the yaml or the command line gives it, so that a validation
+    # candidate (--hidden_size=192) is kept once the plan adopts it; with no --key=value the identity
+    # is what it always was, so finished runs keep their keys
+    folded, unfolded = command_line_settings([a for a in cmd_args if not a.startswith("--data_path=")])
     identity = {
         **{k: v for k, v in spec.items() if k not in ("config_files", "cmd_args")},
-        "cmd_args": [a for a in cmd_args if not a.startswith("--data_path=")],
+        "config_dict": {**config_dict, **folded},
+        "cmd_args": unfolded,
         "config_files": [Path(f).read_text() for f in spec["config_files"]],
     }
     spec["key"] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return spec
+
+
+def command_line_settings(cmd_args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``--key=value`` arguments as the values RecBole reads from them (a Python literal, true/false, or
+    else the string), and the arguments that are not of that form."""
+    settings, others = {}, []
+    for arg in cmd_args:
+        if not (arg.startswith("--") and "=" in arg):
+            others.append(arg)
+            continue
+        key, text = arg[2:].split("=", 1)
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(text.lower(), text)
+        settings[key] = value
+    return settings, others
 
 
 def absolute_data_path(arg: str) -> str:

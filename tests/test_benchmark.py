@@ -161,3 +161,21 @@ def test_reproduce_commands_say_each_setting_once_and_help_lists_key_value(plan_
     usage = capsys.readouterr().out
     assert "--data_path=DIR" in usage and "--key=value" in usage
     assert "--data_path=../shared/data \\\n" in usage  # the example keeps its line breaks
+
+
+def test_a_candidate_run_is_kept_once_the_plan_adopts_its_command_line_settings(plan_file, tmp_path, capsys):
+    """A validation candidate (`--hidden_size=16`) is the same run as the plan that later says `hidden_size: 16`."""
+    results = tmp_path / "results"
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG", "--seeds=3"]
+    benchmark.main(argv + ["--hidden_size=16", "--inner_size=32", "--item_token_norm=true"])
+    plan = yaml.safe_load(plan_file.read_text())
+    plan["profiles"]["cpu"]["RPG"] = {"hidden_size": 16, "inner_size": 32, "item_token_norm": True}
+    plan_file.write_text(yaml.safe_dump(plan))
+    capsys.readouterr()
+    benchmark.main(argv)
+    assert "finished earlier with the same settings, kept" in capsys.readouterr().out
+    adopted = benchmark.load_plan("toyshop", "cpu", str(plan_file))
+    key = benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], [])["key"]
+    assert key == benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=16"])["key"]
+    assert key != benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=24"])["key"]
+    assert key != benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=16.5"])["key"]
