@@ -20,7 +20,6 @@ from every finished run made with the current settings (others are named and lef
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import hashlib
 import json
@@ -35,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from acerec_recbole.config import cmd_arg_value, parse_cmd_args
 from acerec_recbole.errors import MissingInputError, UsageError, usage_errors_exit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -94,20 +94,10 @@ def run_spec(plan: dict[str, Any], model: str, dataset: str, seed: int, config_f
 
 
 def command_line_settings(cmd_args: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """``--key=value`` arguments as the values RecBole reads from them (a Python literal, true/false, or
-    else the string), and the arguments that are not of that form."""
-    settings, others = {}, []
-    for arg in cmd_args:
-        if not (arg.startswith("--") and "=" in arg):
-            others.append(arg)
-            continue
-        key, text = arg[2:].split("=", 1)
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(text.lower(), text)
-        settings[key] = value
-    return settings, others
+    """``--key=value`` arguments as the values RecBole reads from them, and the arguments that are not
+    of that form. A key given twice with different values is refused here, before any run starts."""
+    parsed, others = parse_cmd_args(cmd_args)
+    return {key: cmd_arg_value(text) for key, text in parsed.items()}, others
 
 
 def absolute_data_path(arg: str) -> str:
@@ -125,7 +115,7 @@ def reproduce_command(spec: dict[str, Any]) -> str:
         parts.append("--profile=paper")
     if spec["config_files"]:
         parts.append('--config_files="' + " ".join(spec["config_files"]) + '"')
-    overridden = {arg[2:].split("=", 1)[0] for arg in spec["cmd_args"] if arg.startswith("--")}
+    overridden = set(parse_cmd_args(spec["cmd_args"])[0])
     for key, value in spec["config_dict"].items():
         if key in ("show_progress", "checkpoint_dir") or key in overridden:  # the command line wins: say it once
             continue

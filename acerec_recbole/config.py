@@ -7,6 +7,7 @@ RecBole's internal defaults < ``properties/overall.yaml`` < ``properties/model/<
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 from logging import getLogger
@@ -64,6 +65,15 @@ def parse_cmd_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
             raise UsageError(f"--{key} is given twice with different values ({parsed[key]!r} and {value!r}): keep one.")
         parsed[key] = value
     return parsed, unrecognised
+
+
+def cmd_arg_value(text: str) -> Any:
+    """The value RecBole reads from ``--key=<text>``: a Python literal, true/false, or else the string
+    (as ``Config._convert_config_dict``, without evaluating arbitrary expressions)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def check_value_types(defaults: dict[str, Any], given: dict[str, Any], how: str) -> None:

@@ -10,6 +10,7 @@ import yaml
 from conftest import toy_config
 
 from acerec_recbole import benchmark
+from acerec_recbole.errors import UsageError
 
 
 @pytest.fixture()
@@ -153,6 +154,10 @@ def test_reproduce_commands_say_each_setting_once_and_help_lists_key_value(plan_
     spec = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=1"])
     command = benchmark.reproduce_command(spec)
     assert "--epochs=1" in command and "--epochs=2" not in command  # the plan says 2, the command line 1
+    twice = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=1", "--epochs=1"])
+    assert benchmark.reproduce_command(twice).count("--epochs=2") == 0 and twice["key"] == spec["key"]
+    with pytest.raises(UsageError, match="--epochs is given twice"):  # refused before any run starts
+        benchmark.run_spec(plan, "RPG", "toyshop", 3, [], ["--epochs=1", "--epochs=3"])
     located = benchmark.run_spec(plan, "RPG", "toyshop", 3, [], [f"--data_path={benchmark.PROJECT_ROOT.parent / 'd'}"])
     assert located["cmd_args"][0].startswith("--data_path=/")  # runs get an absolute path ...
     assert "--data_path=../d" in benchmark.reproduce_command(located).split()  # ... results.md a portable one

@@ -66,6 +66,17 @@ def test_recbole_models_resolve_through_our_config():
     assert config["valid_metric"] == "NDCG@10"  # our overall defaults apply to baselines too
 
 
+@pytest.mark.parametrize("text", ["3", "0.5", "1e-3", "true", "False", "None", "[1, 2]", "{'a': 1}", "abc", "ml-1m"])
+def test_command_line_values_read_as_recbole_reads_them(text):
+    """The benchmark keys runs by these values, so they must be the ones RecBole's Config trains with."""
+    from recbole.config import Config as RecBoleConfig
+
+    from acerec_recbole.config import cmd_arg_value
+
+    expected = RecBoleConfig._convert_config_dict(None, {"key": text})["key"]
+    assert cmd_arg_value(text) == expected and type(cmd_arg_value(text)) is type(expected)
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         Config("SASRec", "ml-100k", config_file_list=[str(tmp_path / "nope.yaml")])
