@@ -119,6 +119,14 @@ def load_trained_model(
     Reads the checkpoint only; nothing is written to it. RecBole checkpoints pickle their Config, so
     this unpickles: load checkpoints you trust (your own runs).
     """
+    config, model, data, (train_data, _, _) = rebuild_run(checkpoint, dataset, data_path)
+    return config, model, data, train_data.dataset
+
+
+def rebuild_run(
+    checkpoint: str | os.PathLike, dataset: str | None = None, data_path: str | None = None
+) -> tuple[Any, Any, Any, tuple[Any, Any, Any]]:
+    """(config, model with the checkpoint's weights, dataset, (train, valid, test) data loaders)."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_seed
 
@@ -131,7 +139,7 @@ def load_trained_model(
     saved = load_checkpoint(path, required=("config", "state_dict"))
     if "format" in saved:  # a training state (trainer.py), not a model checkpoint
         raise CheckpointError(
-            f"{path} is a training state for resuming, not a model checkpoint: recommend from the run's best "
+            f"{path} is a training state for resuming, not a model checkpoint: use the run's best "
             f"checkpoint, {saved.get('saved_model_file')}."
         )
     config = saved["config"]
@@ -143,21 +151,20 @@ def load_trained_model(
         config["device"], config["use_gpu"] = torch.device("cpu"), False
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
-    train_data, _, _ = data_preparation(config, data)
+    loaders = data_preparation(config, data)
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
 
     mismatch = state_mismatch(model.state_dict(), saved["state_dict"])
     if mismatch:
         raise UsageError(
             f"Checkpoint {path} was trained on dataset '{trained_on}' ({trained_path}) and does not fit "
             f"dataset '{config['dataset']}' ({config['data_path']}, {data.item_num - 1} items): {mismatch}. "
-            f"Recommend with the dataset it was trained on, or train {config['model']} on "
-            f"'{config['dataset']}' first."
+            f"Use the dataset it was trained on, or train {config['model']} on '{config['dataset']}' first."
         )
     model.load_state_dict(saved["state_dict"])
     model.load_other_parameter(saved.get("other_parameter"))
-    return config, model, data, train_data.dataset
+    return config, model, data, tuple(loaders)
 
 
 def encode_new_items(model: Any, config: Any, texts: Sequence[str]) -> torch.Tensor:
@@ -358,10 +365,16 @@ def read_new_items(path: str | os.PathLike, id_field: str, text_fields: Sequence
 
 
 def training_counts(train_dataset: Any, n_items: int) -> np.ndarray:
-    """Interactions per item in the training split (semantic-ID datasets count inside their windows)."""
+    """Occurrences of each item in the training split. Sequential datasets hold one sample per prefix,
+    whose targets miss each user's first item: that item is the history of the one-item prefixes."""
     counts = getattr(train_dataset, "item_train_counts", None)
     if counts is None:
-        counts = np.bincount(train_dataset.inter_feat[train_dataset.iid_field].numpy(), minlength=n_items)
+        inter = train_dataset.inter_feat
+        counts = np.bincount(inter[train_dataset.iid_field].numpy(), minlength=n_items)
+        list_field = getattr(train_dataset, "item_id_list_field", None)
+        if list_field in inter:
+            firsts = inter[list_field][inter[train_dataset.item_list_length_field] == 1, 0].numpy()
+            counts = counts + np.bincount(firsts, minlength=n_items)
     return np.asarray(counts, dtype=np.float64)[:n_items]
 
 

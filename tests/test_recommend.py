@@ -179,3 +179,47 @@ def test_top_items_keeps_slots_for_new_items_and_skips_excluded_ones():
     assert top_items(scores, 3, first_new=5, new_item_slots=1).tolist() == [1, 2, 5]
     assert top_items(scores, 3, first_new=5, new_item_slots=5).tolist() == [1, 5, 6]
     assert top_items(scores, 10, first_new=5).tolist() == [1, 2, 4, 5, 6]
+
+
+def test_accuracy_by_target_count_adds_up_to_the_runs_own_metrics(tmp_path, sid_cache, capsys):
+    """The per-group figures use the trainer's full ranking: over all users they are the run's result."""
+    import pandas as pd
+
+    from acerec_recbole import target_popularity
+
+    data = write_dataset(tmp_path / "data", n_users=120, seed=3)
+    for model in ("SASRec", "ACERec"):
+        result = run(model, "toyshop", config_dict=toy_config(data, sid_cache, epochs=2))
+        report = target_popularity.main([f"--checkpoint={result['model_file']}", "--edges=18,22,26"])[0]
+        for split, expected in (("valid", result["best_valid_result"]), ("test", result["test_result"])):
+            rows = {row["group"]: row for row in report[split]}
+            assert list(rows) == ["0-17", "18-21", "22-25", "26+", "all"]
+            assert rows["all"]["ndcg"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
+            assert rows["all"]["recall"] == pytest.approx(expected["recall@10"], abs=1e-4)
+            assert sum(rows[g]["users"] for g in list(rows)[:-1]) == rows["all"]["users"] == 120
+            assert sum(rows[g]["users"] > 0 for g in list(rows)[:-1]) >= 3  # the groups split the users
+    assert "| 26+ |" in capsys.readouterr().out
+
+    # the count is each item's occurrences among each user's interactions but the last two (leave-one-out)
+    inter = pd.read_csv(data / "toyshop" / "toyshop.inter", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
+    expected_counts = inter.groupby("user_id").head(-2)["item_id"].value_counts()
+    from acerec_recbole.recommend import rebuild_run, training_counts
+
+    for model in ("SASRec", "ACERec"):
+        file = next((data / "saved").glob(f"{model}-*.pth"))
+        _, _, dataset, (train, _, _) = rebuild_run(file)
+        counts = training_counts(train.dataset, dataset.item_num)
+        tokens = dataset.field2id_token[dataset.iid_field]
+        assert {tokens[i]: int(c) for i, c in enumerate(counts) if c} == expected_counts.to_dict()
+
+
+def test_bad_count_groups_are_refused(trained, capsys):
+    from acerec_recbole import target_popularity
+
+    _, files = trained
+    for edges in ("5,1", "0,5", "a,b"):
+        with pytest.raises(SystemExit):
+            target_popularity.main([f"--checkpoint={files['SASRec']}", f"--edges={edges}"])
+        assert f"--edges={edges}" in capsys.readouterr().err
