@@ -12,9 +12,10 @@ protocol (leave-one-out, full ranking, Recall/NDCG@5/10, selection on validation
 Each (model, seed) runs in its own process (so peak memory is its own) and writes
 ``runs/<model>-seed<seed>/{run.json, config.yaml}`` and ``logs/<model>-seed<seed>.log``. A finished run
 whose settings are unchanged is not run again, so an interrupted benchmark resumes where it stopped;
-``--rerun`` forces it. The summary (``results.md``, ``results.csv``, ``valid_ndcg10.png``) is rebuilt
-from every finished run made with the current settings (others are named and left out) each time;
-``--summarise_only`` rebuilds it without training.
+``--rerun`` forces it. Weights are deleted once a run is recorded; ``--keep_weights`` keeps each run's
+best model in ``runs/<model>-seed<seed>/saved/``. The summary (``results.md``, ``results.csv``,
+``valid_ndcg10.png``) is rebuilt from every finished run made with the current settings (others are
+named and left out) each time; ``--summarise_only`` rebuilds it without training.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def run_one(spec_file: Path) -> dict[str, Any]:
         "history": history,
     }
     write_json(out / "run.json", record)
-    clear_checkpoints(out)  # results keep numbers and configs, not weights
+    clear_checkpoints(out, keep_best=bool(spec.get("keep_weights")))  # results keep numbers and configs
     print(
         f"{spec['model']} seed {spec['seed']}: {record['epochs_run']} epochs (best {record['epochs_to_best']}), "
         f"valid NDCG@10 {record['valid'].get('ndcg@10', float('nan')):.4f}, test {record['test']}, "
@@ -187,10 +188,11 @@ def run_one(spec_file: Path) -> dict[str, Any]:
     return record
 
 
-def clear_checkpoints(out: Path) -> None:
-    """Remove a run's checkpoints and training states (``saved/``)."""
+def clear_checkpoints(out: Path, keep_best: bool = False) -> None:
+    """Remove a run's training states (``saved/*.state.pth``) and, unless ``keep_best``, its best model."""
     for checkpoint in (out / "saved").glob("*.pth"):
-        checkpoint.unlink()
+        if not (keep_best and not checkpoint.name.endswith(".state.pth")):
+            checkpoint.unlink()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -409,6 +411,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--results_dir", default=None, help="default results/<profile>/<dataset>")
     parser.add_argument("--rerun", action="store_true", help="train again even if an identical run finished")
     parser.add_argument("--summarise_only", action="store_true", help="rebuild the tables and plot, train nothing")
+    parser.add_argument(
+        "--keep_weights", action="store_true", help="keep each new run's best model in runs/<run>/saved/ (for analysis)"
+    )
     parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # internal: one run in this process
     args, overrides = parser.parse_known_args(argv)
 
@@ -423,6 +428,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results_dir = Path(args.results_dir or PROJECT_ROOT / "results" / args.profile / args.dataset).resolve()
     config_files = args.config_files.split() if args.config_files else []
     specs = [run_spec(plan, m, args.dataset, s, config_files, overrides) for s in seeds for m in models]
+    for spec in specs:  # how a run is kept, not what it is: outside its key
+        spec["keep_weights"] = args.keep_weights
     print(f"benchmark: {args.dataset}, profile {args.profile} ({plan['file']}), models {models}, seeds {seeds}")
     print(f"results: {results_dir}", flush=True)
     failures = [] if args.summarise_only else run_all(specs, results_dir, args.rerun)

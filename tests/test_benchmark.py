@@ -184,3 +184,20 @@ def test_a_candidate_run_is_kept_once_the_plan_adopts_its_command_line_settings(
     assert key == benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=16"])["key"]
     assert key != benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=24"])["key"]
     assert key != benchmark.run_spec(adopted, "RPG", "toyshop", 3, [], ["--hidden_size=16.5"])["key"]
+
+
+def test_keep_weights_keeps_the_best_model_for_analysis_and_not_the_run_key(plan_file, tmp_path, capsys):
+    from acerec_recbole import target_popularity
+
+    results = tmp_path / "results"
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG", "--seeds=3"]
+    benchmark.main(argv + ["--keep_weights"])
+    saved = list((results / "runs" / "RPG-seed3" / "saved").glob("*.pth"))
+    assert len(saved) == 1 and not saved[0].name.endswith(".state.pth")  # the best model; no training state
+    record = json.loads((results / "runs" / "RPG-seed3" / "run.json").read_text())
+    report = target_popularity.main([f"--checkpoint={saved[0]}"])[0]
+    assert report["valid"][-1]["ndcg"] == pytest.approx(record["valid"]["ndcg@10"], abs=1e-4)
+    assert report["test"][-1]["ndcg"] == pytest.approx(record["test"]["ndcg@10"], abs=1e-4)
+    capsys.readouterr()
+    benchmark.main(argv)  # keeping weights is not a setting: the run is the same run
+    assert "finished earlier with the same settings, kept" in capsys.readouterr().out
