@@ -198,7 +198,11 @@ def test_accuracy_by_target_count_adds_up_to_the_runs_own_metrics(tmp_path, sid_
             assert rows["all"]["recall"] == pytest.approx(expected["recall@10"], abs=1e-4)
             assert sum(rows[g]["users"] for g in list(rows)[:-1]) == rows["all"]["users"] == 120
             assert sum(rows[g]["users"] > 0 for g in list(rows)[:-1]) >= 3  # the groups split the users
-    assert "| 26+ |" in capsys.readouterr().out
+        # reweighting a split to its own mix of groups gives back its overall figure
+        same_mix = {**report, "valid": report["test"]}
+        assert target_popularity.ndcg_at_validation_mix(same_mix) == pytest.approx(report["test"][-1]["ndcg"])
+    out = capsys.readouterr().out
+    assert "| 26+ |" in out and "at the validation targets' mix of groups" in out
 
     # the count is each item's occurrences among each user's interactions but the last two (leave-one-out)
     inter = pd.read_csv(data / "toyshop" / "toyshop.inter", sep="\t")
@@ -208,7 +212,7 @@ def test_accuracy_by_target_count_adds_up_to_the_runs_own_metrics(tmp_path, sid_
     from acerec_recbole.recommend import rebuild_run, training_counts
 
     for model in ("SASRec", "ACERec"):
-        file = next((data / "saved").glob(f"{model}-*.pth"))
+        file = next(f for f in (data / "saved").glob(f"{model}-*.pth") if not f.name.endswith(".state.pth"))
         _, _, dataset, (train, _, _) = rebuild_run(file)
         counts = training_counts(train.dataset, dataset.item_num)
         tokens = dataset.field2id_token[dataset.iid_field]
