@@ -6,8 +6,8 @@ r"""Accuracy by how often the target item occurs in training: where a validation
 Leave-one-out test targets can be rarer items than validation targets, and models that lean on
 popularity lose more on them. For each checkpoint, validation and test users are grouped by their
 target's training count (its occurrences in the training sequences) and NDCG@10 / Recall@10 are
-computed per group. Scores, exclusions and top-k are the trainer's full ranking, so the "all" row is
-the run's own validation and test result.
+computed per group. Scores, exclusions and top-k are computed as the trainer's full ranking computes
+them, so the "all" row is the run's own validation and test result (a test holds the two equal).
 """
 
 from __future__ import annotations
