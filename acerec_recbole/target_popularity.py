@@ -34,7 +34,6 @@ class TargetRanks:
 
     targets: np.ndarray
     ranks: np.ndarray
-    k: int
 
 
 @torch.no_grad()
@@ -52,7 +51,7 @@ def rank_targets(model: Any, loader: Any, n_items: int, k: int = 10) -> TargetRa
         found = top == positive_i.to(top.device).unsqueeze(1)
         ranks.append(torch.where(found.any(1), found.float().argmax(1) + 1, 0).cpu().numpy())
         targets.append(positive_i.cpu().numpy())
-    return TargetRanks(np.concatenate(targets), np.concatenate(ranks), k)
+    return TargetRanks(np.concatenate(targets), np.concatenate(ranks))
 
 
 def group_labels(edges: tuple[int, ...]) -> list[str]:
