@@ -191,7 +191,7 @@ def run_one(spec_file: Path) -> dict[str, Any]:
 def clear_checkpoints(out: Path, keep_best: bool = False) -> None:
     """Remove a run's training states (``saved/*.state.pth``) and, unless ``keep_best``, its best model."""
     for checkpoint in (out / "saved").glob("*.pth"):
-        if not (keep_best and not checkpoint.name.endswith(".state.pth")):
+        if checkpoint.name.endswith(".state.pth") or not keep_best:
             checkpoint.unlink()
 
 
