@@ -73,6 +73,7 @@ def test_loss_decreases_over_a_few_steps(toy_data, sid_cache, model_name):
         {"anchor": "last"},
         {"isa_weight": 0.0},
         {"num_latents": 4},
+        {"mtp_logit_adjustment": 1.0},
     ],
 )
 def test_ablation_switches_build_and_train(toy_data, sid_cache, switches):
@@ -100,6 +101,30 @@ def test_position_init_std_sets_how_much_order_the_inputs_carry_at_initialisatio
     assert share[1.0] > 20 * share[0.02]
     if model_name == "ACERec":
         assert share[0.02] < 0.1 < 0.5 < share[1.0], share
+
+
+@pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
+def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring_alone(toy_data, sid_cache, model_name):
+    _, _, (train, valid, _), plain = build_pipeline(model_name, toy_data, sid_cache)
+    _, _, _, adjusted = build_pipeline(model_name, toy_data, sid_cache, mtp_logit_adjustment=0.5)
+    adjusted.load_state_dict(plain.state_dict())  # the prior is not in the state: same keys as before
+    codes, counts = plain.item_codes, train.dataset.item_train_counts
+    prior = adjusted.code_log_prior
+    assert torch.allclose(prior.exp().sum(1), torch.ones(plain.num_digits))
+    for digit, code in [(0, int(codes[1, 0])), (plain.num_digits - 1, int(codes[2, -1]))]:
+        carriers = (codes[:, digit] == code).nonzero().flatten()
+        share = (int(counts[carriers].sum()) + 1) / (int(counts.sum()) + plain.codebook_size)
+        assert float(prior[digit, code].exp()) == pytest.approx(share, rel=1e-5)
+
+    plain.eval(), adjusted.eval()  # no dropout: both see the same states
+    with torch.no_grad():
+        states, targets = plain.training_states(next(iter(train)))
+        logits = plain.heads(states, plain.tokens.table()) + 0.5 * prior.unsqueeze(1)
+        expected = torch.nn.functional.cross_entropy(logits.permute(1, 2, 0), codes[targets])
+        assert float(adjusted.token_loss(states, targets)) == pytest.approx(float(expected), rel=1e-5)
+        assert float(plain.token_loss(states, targets)) != pytest.approx(float(expected), rel=1e-3)
+        interaction = next(iter(valid))[0]
+        assert torch.equal(adjusted.full_sort_predict(interaction), plain.full_sort_predict(interaction))
 
 
 def test_predict_matches_full_sort_scores(toy_data, sid_cache):

@@ -17,6 +17,7 @@ from acerec_recbole.model.layers import (
     SemanticTokenEmbedding,
     TransformerEncoder,
     block_causal_mask,
+    code_log_prior,
     holistic_scores,
     length_classes,
     multi_token_prediction_loss,
@@ -62,6 +63,15 @@ class SemanticIDRecommender(SequentialRecommender):
         self.register_buffer("sid_quantiser", torch.as_tensor(dataset.semantic_quantiser.to_array()))
         self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
+        # logit adjustment of the MTP loss (Menon et al., ICLR 2021): train on logits + alpha * log prior of
+        # each code, score with the plain logits, so codes common among popular items weigh less at
+        # inference (the Toys analysis: rarely seen targets are where ACERec trails SASRec)
+        self.mtp_logit_adjustment = float(config["mtp_logit_adjustment"] or 0.0)
+        self.register_buffer(
+            "code_log_prior",
+            code_log_prior(self.item_codes, dataset.item_train_counts, self.codebook_size),
+            persistent=False,  # rebuilt from the dataset: checkpoints stay as they were
+        )
         self._catalogue_cache: tuple[Any, torch.Tensor] | None = None
         # std of the position embeddings at initialisation: at 0.02 (RecBole's and RPG's habit) they are ~2 %
         # of ACERec's normalised latents, so its encoder starts nearly blind to order
@@ -170,6 +180,8 @@ class SemanticIDRecommender(SequentialRecommender):
     def token_loss(self, states: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
         """Multi-token prediction loss of states (N, d) against items (N,)."""
         logits = self.heads(states, self.tokens.table())
+        if self.mtp_logit_adjustment:
+            logits = logits + self.mtp_logit_adjustment * self.code_log_prior.unsqueeze(1)
         return multi_token_prediction_loss(logits, self.item_codes[target_items])
 
     # --------------------------------------------------------------------------------------- inference

@@ -277,6 +277,15 @@ def multi_token_prediction_loss(logits: torch.Tensor, target_codes: torch.Tensor
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_codes.T.reshape(-1))
 
 
+def code_log_prior(item_codes: torch.Tensor, item_counts: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """log pi_k(c) (m, M): each code's share at digit k among the training occurrences of the items that
+    carry it, add-one smoothed so that codes no training item uses stay finite."""
+    weights = item_counts.to(device=item_codes.device, dtype=torch.float64)
+    counts = torch.ones(item_codes.shape[1], codebook_size, dtype=torch.float64, device=item_codes.device)
+    counts.scatter_add_(1, item_codes.T.long(), weights.expand(item_codes.shape[1], -1))
+    return (counts / counts.sum(1, keepdim=True)).log().float()
+
+
 def intent_semantic_alignment_loss(
     intents: torch.Tensor,
     candidate_summaries: torch.Tensor,
