@@ -127,8 +127,29 @@ def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring
         assert torch.equal(adjusted.full_sort_predict(interaction), plain.full_sort_predict(interaction))
 
 
-def test_predict_matches_full_sort_scores(toy_data, sid_cache):
-    _, _, (_, valid, _), model = build_pipeline("ACERec", toy_data, sid_cache)
+def test_isa_score_weight_adds_the_isa_heads_item_score_at_inference(toy_data, sid_cache):
+    _, _, (_, valid, _), plain = build_pipeline("ACERec", toy_data, sid_cache)
+    _, _, _, blended = build_pipeline("ACERec", toy_data, sid_cache, isa_score_weight=2.0)
+    blended.load_state_dict(plain.state_dict())
+    plain.eval(), blended.eval()
+    interaction = next(iter(valid))[0]
+    with torch.no_grad():
+        states = plain.user_states(interaction)
+        summaries = plain.item_summaries(torch.arange(plain.n_items))
+        cosine = torch.nn.functional.normalize(states, dim=-1) @ torch.nn.functional.normalize(summaries, dim=-1).T
+        expected = plain.full_sort_predict(interaction) + 2.0 * (cosine / plain.isa_temperature - plain.popularity_bias)
+        assert torch.allclose(blended.full_sort_predict(interaction), expected, atol=1e-4)
+        assert not torch.allclose(plain.full_sort_predict(interaction), expected, atol=1e-2)
+        # items added after training (serving) have no popularity bias and still get a score
+        blended.item_codes = torch.cat([blended.item_codes, blended.item_codes[1:2]])
+        scores = blended.full_sort_predict(interaction)
+        assert scores.shape == (len(interaction), plain.n_items + 1)
+        assert torch.allclose(scores[:, -1], expected[:, 1] + 2.0 * plain.popularity_bias[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("isa_score_weight", [0.0, 2.0])
+def test_predict_matches_full_sort_scores(toy_data, sid_cache, isa_score_weight):
+    _, _, (_, valid, _), model = build_pipeline("ACERec", toy_data, sid_cache, isa_score_weight=isa_score_weight)
     model.eval()
     interaction = next(iter(valid))[0]
     full = model.full_sort_predict(interaction)

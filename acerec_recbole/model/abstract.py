@@ -226,10 +226,16 @@ class SemanticIDRecommender(SequentialRecommender):
         """(B, d) -> (B, m, M) per-digit log-probabilities of the next item's codes."""
         return torch.log_softmax(self.heads(states, self.tokens.table()), dim=-1).transpose(0, 1)
 
+    def token_scores(self, states: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Score of one item per state: sum over digits of log p_k(code_k); states (B, d), codes (B, m)."""
+        return self.digit_log_probs(states).gather(2, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def catalogue_token_scores(self, states: torch.Tensor) -> torch.Tensor:
+        """Exact scores of every catalogue item for each state: (B, n_items)."""
+        return holistic_scores(self.digit_log_probs(states), self.item_codes)
+
     def predict(self, interaction: Any) -> torch.Tensor:
-        log_probs = self.digit_log_probs(self.user_states(interaction))
-        codes = self.item_codes[interaction[self.ITEM_ID]]  # (B, m)
-        return log_probs.gather(2, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return self.token_scores(self.user_states(interaction), self.item_codes[interaction[self.ITEM_ID]])
 
     def full_sort_predict(self, interaction: Any) -> torch.Tensor:
-        return holistic_scores(self.digit_log_probs(self.user_states(interaction)), self.item_codes)
+        return self.catalogue_token_scores(self.user_states(interaction))

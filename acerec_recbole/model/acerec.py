@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from acerec_recbole.model.abstract import SemanticIDRecommender
 from acerec_recbole.model.layers import (
     ItemSummary,
+    alignment_scores,
     build_merger,
     intent_semantic_alignment_loss,
     popularity_bias,
@@ -25,7 +27,7 @@ from acerec_recbole.model.layers import (
 class ACERec(SemanticIDRecommender):
     r"""Config keys (properties/model/ACERec.yaml): ``num_latents`` k, ``merger`` (attn|mean|mlp|conv),
     ``anchor`` (intent|last), ``isa_weight`` lambda, ``isa_temperature`` tau, ``popularity_beta`` beta,
-    ``mtp_temperature`` gamma, plus the Transformer sizes.
+    ``mtp_temperature`` gamma, ``isa_score_weight`` w (inference), plus the Transformer sizes.
     """
 
     def __init__(self, config: Any, dataset: Any) -> None:
@@ -36,6 +38,9 @@ class ACERec(SemanticIDRecommender):
             raise ValueError(f"anchor='{self.anchor}' must be 'intent' or 'last'.")
         self.isa_weight = config["isa_weight"]
         self.isa_temperature = config["isa_temperature"]
+        # inference: MTP score + w * the ISA head's item score phi(h, s_j). 0 is the paper's score; on Toys
+        # the ISA head ranks rarely seen targets better than the token score does (results/cpu-quality/)
+        self.isa_score_weight = float(config["isa_score_weight"] or 0.0)
         self.block_size = self.num_latents + (self.anchor == "intent")
 
         # LayerNorm of the raw token embeddings before the summary and the merger: tokens start at
@@ -88,3 +93,26 @@ class ACERec(SemanticIDRecommender):
                 states, summaries, target_index, self.popularity_bias[candidates], self.isa_temperature
             )
         return loss
+
+    def predict(self, interaction: Any) -> torch.Tensor:
+        states = self.user_states(interaction)
+        items = interaction[self.ITEM_ID]
+        scores = self.token_scores(states, self.item_codes[items])
+        if self.isa_score_weight:
+            phi = F.cosine_similarity(states, self.item_summaries(items), dim=-1) / self.isa_temperature
+            scores = scores + self.isa_score_weight * (phi - self._popularity_bias(items))
+        return scores
+
+    def full_sort_predict(self, interaction: Any) -> torch.Tensor:
+        states = self.user_states(interaction)
+        scores = self.catalogue_token_scores(states)
+        if self.isa_score_weight:
+            items = torch.arange(len(self.item_codes), device=states.device)
+            summaries, bias = self.item_summaries(items), self._popularity_bias(items)
+            scores = scores + self.isa_score_weight * alignment_scores(states, summaries, bias, self.isa_temperature)
+        return scores
+
+    def _popularity_bias(self, items: torch.Tensor) -> torch.Tensor:
+        """b_j of the items; 0 for items added after training (seen 0 times, as an item seen once)."""
+        known = items < len(self.popularity_bias)
+        return torch.where(known, self.popularity_bias[items.clamp(max=len(self.popularity_bias) - 1)], 0.0)

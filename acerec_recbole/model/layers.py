@@ -298,8 +298,15 @@ def intent_semantic_alignment_loss(
     ``candidate_summaries`` are the batch's *unique* target items (so duplicates of the positive are
     never negatives); phi(h, s_j) = cos(h, s_j) / tau - b_j with b_j the popularity correction.
     """
-    cosine = F.normalize(intents, dim=-1) @ F.normalize(candidate_summaries, dim=-1).T
-    return F.cross_entropy(cosine / temperature - popularity_bias, target_index)
+    return F.cross_entropy(alignment_scores(intents, candidate_summaries, popularity_bias, temperature), target_index)
+
+
+def alignment_scores(
+    intents: torch.Tensor, summaries: torch.Tensor, popularity_bias: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """phi(h, s_j) = cos(h, s_j) / tau - b_j for every intent (B, d) and item summary (n, d): (B, n)."""
+    cosine = F.normalize(intents, dim=-1) @ F.normalize(summaries, dim=-1).T
+    return cosine / temperature - popularity_bias
 
 
 def popularity_bias(item_counts: torch.Tensor, beta: float) -> torch.Tensor:
