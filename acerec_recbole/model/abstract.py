@@ -202,13 +202,17 @@ class SemanticIDRecommender(SequentialRecommender):
         return cached[1]
 
     def _inputs_and_index(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item inputs and the index of each history item into them: the catalogue cache in evaluation
-        (eval mode, no gradient, small enough), the batch's distinct items otherwise."""
-        small = self.n_items * self.block_size * self.hidden_size * 4 <= CATALOGUE_CACHE_BYTES
-        if not self.plain and not self.training and not torch.is_grad_enabled() and small:
+        """Item inputs and the index of each history item into them: the catalogue cache in evaluation,
+        the batch's distinct items otherwise."""
+        if self.uses_catalogue_cache():
             return self.catalogue_inputs(), item_seq
         items, inverse = torch.unique(item_seq, return_inverse=True)
         return self.item_inputs(items), inverse
+
+    def uses_catalogue_cache(self) -> bool:
+        """Whether inference reads item inputs from ``catalogue_inputs``: eval mode, no gradient, small enough."""
+        small = self.n_items * self.block_size * self.hidden_size * 4 <= CATALOGUE_CACHE_BYTES
+        return not self.plain and not self.training and not torch.is_grad_enabled() and small
 
     def user_states(self, interaction: Any) -> torch.Tensor:
         """State after each user's last history item (B, d), in length classes, read out there only."""

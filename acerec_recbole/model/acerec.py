@@ -108,9 +108,16 @@ class ACERec(SemanticIDRecommender):
         scores = self.catalogue_token_scores(states)
         if self.isa_score_weight:
             items = torch.arange(len(self.item_codes), device=states.device)
-            summaries, bias = self.item_summaries(items), self._popularity_bias(items)
+            summaries, bias = self.catalogue_summaries(), self._popularity_bias(items)
             scores = scores + self.isa_score_weight * alignment_scores(states, summaries, bias, self.isa_temperature)
         return scores
+
+    def catalogue_summaries(self) -> torch.Tensor:
+        """s_j of every item (n_items, d): the Intent Tokens of the cached catalogue inputs when inference
+        uses that cache (they are the summaries), computed otherwise."""
+        if self.anchor == "intent" and self.uses_catalogue_cache():
+            return self.catalogue_inputs()[:, -1]
+        return self.item_summaries(torch.arange(len(self.item_codes), device=self.item_codes.device))
 
     def _popularity_bias(self, items: torch.Tensor) -> torch.Tensor:
         """b_j of the items; 0 for items added after training (seen 0 times, as an item seen once)."""
