@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -136,11 +137,15 @@ def portable_data_path(arg: str) -> str:
 # ------------------------------------------------------------------------------------- one run (child)
 
 
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_one(spec_file: Path) -> dict[str, Any]:
     """Train + test one (model, seed); record per-epoch validation NDCG@10 and times; write run.json."""
     from acerec_recbole import run
     from acerec_recbole.semantic_ids import codes_digest
-    from acerec_recbole.speed import peak_rss_gib
     from acerec_recbole.trainer import plain
 
     spec = json.loads(spec_file.read_text())

@@ -2,38 +2,52 @@ r"""Training and scoring cost, measured side by side in one process (ratios are 
 
     python -m acerec_recbole.speed --dataset=amazon2014-beauty --data_path=../shared/data \
         --models=ACERec,RPG,SASRec --hidden_sizes=64,128 [--config_files=...] [--key=value ...]
+    python -m acerec_recbole.speed --dataset=amazon2014-beauty --data_path=../shared/data \
+        --profile=cpu-quality --models=ACERec,RPG,SASRec     # each model at its benchmark plan's settings
     python -m acerec_recbole.speed --catalogue_items=1000000      # exact top-k on a synthetic catalogue
 
 For each hidden size and model: one full training epoch through RecBole's Trainer (same data), then
 full-sort evaluation of the validation users through RecBole's evaluator (users/second); then the
 ACERec/RPG ratios of both, per hidden size. Run it with one thread (OMP_NUM_THREADS=1) on a quiet
 machine, and compare ratios from one run rather than figures from different runs.
+
+With ``--profile``, each model takes its own settings from the benchmark yaml (as the benchmark's runs
+do), and every model's epoch time is also given relative to SASRec's: the training budget of issue 12
+(ACERec's and RPG's minutes within SASRec's) measured in one process, which benchmark runs on different
+days of a shared machine cannot give.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import sys
 import time
 from typing import Any
 
 import torch
 
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from acerec_recbole.benchmark import load_plan, peak_rss_gib, run_spec
+from acerec_recbole.errors import UsageError, usage_errors_exit
 
 
 def measure_model(
-    model: str, dataset: str, config_files: list[str] | None, overrides: list[str], hidden_size: int | None = None
+    model: str,
+    dataset: str,
+    config_files: list[str] | None,
+    overrides: list[str],
+    hidden_size: int | None = None,
+    settings: dict[str, Any] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
+    """One training epoch and one full-sort validation pass. ``settings`` (e.g. a benchmark plan's
+    entry) sit beneath ``overrides``; ``label`` names the row (a plan's variant, e.g. ``RPG-LA``)."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_trainer, init_logger, init_seed
 
     from acerec_recbole.config import Config
     from acerec_recbole.quick_start import evaluated_users
 
-    config_dict: dict[str, Any] = {"show_progress": False}
+    config_dict: dict[str, Any] = {**(settings or {}), "show_progress": False}
     if hidden_size:
         config_dict["hidden_size"] = hidden_size
     config = Config(model, dataset, config_files, config_dict, overrides)
@@ -53,12 +67,12 @@ def measure_model(
     eval_seconds = time.perf_counter() - started
     users = evaluated_users(valid_data)
     return {
-        "model": model,
+        "model": label or model,
         "hidden_size": config["hidden_size"],
         "params": sum(p.numel() for p in recommender.parameters()),
         "train_samples": len(train_data.dataset),
         "batch_size": config["train_batch_size"],
-        "seconds_per_epoch": round(epoch_seconds, 1),
+        "seconds_per_epoch": round(epoch_seconds, 3),
         "loss_after_epoch": round(float(loss if not isinstance(loss, tuple) else sum(loss)), 2),
         "full_sort_users_per_s": round(users / eval_seconds, 1),
         "valid_ndcg@10_after_1_epoch": result.get("ndcg@10"),
@@ -110,6 +124,15 @@ def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ratios
 
 
+def relative_to(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Each model's training seconds per epoch as a multiple of ``reference``'s, measured in this run."""
+    base = next((r for r in rows if r["model"] == reference), None)
+    if base is None:
+        return []
+    column = f"seconds_per_epoch / {reference}'s"
+    return [{"model": r["model"], column: round(r["seconds_per_epoch"] / base["seconds_per_epoch"], 3)} for r in rows]
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
@@ -124,19 +147,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--models", default="ACERec,RPG,SASRec")
     parser.add_argument("--config_files", default=None)
     parser.add_argument("--hidden_sizes", default=None, help="comma-separated, e.g. 64,128 (default: the config's)")
+    parser.add_argument("--profile", default=None, help="each model at this benchmark yaml profile's settings")
+    parser.add_argument("--plan", default=None, help="with --profile: benchmark yaml (default: the dataset's)")
     parser.add_argument("--catalogue_items", type=int, default=0, help="score a synthetic catalogue instead")
     parser.add_argument("--digits", type=int, default=32)
     parser.add_argument("--eval_batch", type=int, default=256)
     args, overrides = parser.parse_known_args(argv)
     print(f"torch threads: {torch.get_num_threads()}")
+    ratios: list[dict[str, Any]] = []
     if args.catalogue_items:
         rows = [measure_catalogue(args.catalogue_items, args.digits, 256, args.eval_batch)]
+    elif args.profile:
+        if args.hidden_sizes:
+            raise UsageError("--hidden_sizes and --profile both set the hidden size: drop one (or --hidden_size=D).")
+        plan = load_plan(args.dataset, args.profile, args.plan)
+        files = args.config_files.split() if args.config_files else []
+        rows = []
+        for model in args.models.split(","):
+            spec = run_spec(plan, model, args.dataset, int(plan["seeds"][0]), files, overrides)
+            rows.append(
+                measure_model(
+                    spec.get("model_class", model), args.dataset, spec["config_files"] or None, spec["cmd_args"],
+                    settings=spec["config_dict"], label=model,
+                )
+            )  # fmt: skip
+        ratios = relative_to(rows, "SASRec")
     else:
         files = args.config_files.split() if args.config_files else None
         sizes = [int(d) for d in args.hidden_sizes.split(",")] if args.hidden_sizes else [None]
         rows = [measure_model(m, args.dataset, files, overrides, d) for d in sizes for m in args.models.split(",")]
     print_table(rows)
-    ratios = ratio_rows(rows) if not args.catalogue_items else []
+    if not args.catalogue_items and not args.profile:
+        ratios = ratio_rows(rows)
     if ratios:
         print()
         print_table(ratios)
@@ -144,4 +186,5 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    with usage_errors_exit("speed", debug="--debug" in sys.argv):
+        main([a for a in sys.argv[1:] if a != "--debug"])

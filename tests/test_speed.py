@@ -1,0 +1,54 @@
+"""The cost command: each model measured at its benchmark plan's settings, epoch times relative to SASRec."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import toy_config
+
+from acerec_recbole import speed
+from acerec_recbole.errors import UsageError
+
+
+@pytest.fixture()
+def plan_file(toy_data, sid_cache, tmp_path):
+    shared = toy_config(toy_data, sid_cache, epochs=1)
+    shared.pop("seed")
+    plan = {
+        "models": ["RPG", "SASRec"],
+        "seeds": [3],
+        "profiles": {
+            "cpu": {
+                "all": shared,
+                "SASRec": {"hidden_size": 16, "inner_size": 32},
+                "RPG-wide": {"model": "RPG", "hidden_size": 48},
+            }
+        },
+    }
+    path = tmp_path / "toyshop.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+RELATIVE = "seconds_per_epoch / SASRec's"
+
+
+def test_speed_measures_each_model_at_its_plan_settings(plan_file):
+    rows = speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--models=RPG,RPG-wide,SASRec"])
+
+    measured = {r["model"]: r for r in rows if "hidden_size" in r}
+    # the shared section, a variant's own section (named by its label, trained as its `model:`), SASRec's
+    assert {m: r["hidden_size"] for m, r in measured.items()} == {"RPG": 32, "RPG-wide": 48, "SASRec": 16}
+    assert measured["RPG-wide"]["params"] > measured["RPG"]["params"]
+    assert all(r["seconds_per_epoch"] > 0 and r["full_sort_users_per_s"] > 0 for r in measured.values())
+
+    relative = {r["model"]: r[RELATIVE] for r in rows if RELATIVE in r}
+    assert relative["SASRec"] == 1.0
+    for model in ("RPG", "RPG-wide"):
+        expected = measured[model]["seconds_per_epoch"] / measured["SASRec"]["seconds_per_epoch"]
+        assert relative[model] == pytest.approx(expected, abs=1e-3)
+
+
+def test_speed_refuses_two_sources_of_the_hidden_size(plan_file):
+    with pytest.raises(UsageError, match="--hidden_sizes and --profile"):
+        speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--hidden_sizes=16"])
