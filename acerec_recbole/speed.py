@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--eval_batch", type=int, default=256)
     args, overrides = parser.parse_known_args(argv)
     print(f"torch threads: {torch.get_num_threads()}")
+    files = args.config_files.split() if args.config_files else []
     ratios: list[dict[str, Any]] = []
     if args.catalogue_items:
         rows = [measure_catalogue(args.catalogue_items, args.digits, 256, args.eval_batch)]
@@ -161,7 +162,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.hidden_sizes:
             raise UsageError("--hidden_sizes and --profile both set the hidden size: drop one (or --hidden_size=D).")
         plan = load_plan(args.dataset, args.profile, args.plan)
-        files = args.config_files.split() if args.config_files else []
         rows = []
         for model in args.models.split(","):
             spec = run_spec(plan, model, args.dataset, int(plan["seeds"][0]), files, overrides)
@@ -173,12 +173,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )  # fmt: skip
         ratios = relative_to(rows, "SASRec")
     else:
-        files = args.config_files.split() if args.config_files else None
         sizes = [int(d) for d in args.hidden_sizes.split(",")] if args.hidden_sizes else [None]
-        rows = [measure_model(m, args.dataset, files, overrides, d) for d in sizes for m in args.models.split(",")]
-    print_table(rows)
-    if not args.catalogue_items and not args.profile:
+        models = args.models.split(",")
+        rows = [measure_model(m, args.dataset, files or None, overrides, d) for d in sizes for m in models]
         ratios = ratio_rows(rows)
+    print_table(rows)
     if ratios:
         print()
         print_table(ratios)
