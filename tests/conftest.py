@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 import acerec_recbole  # noqa: F401  (applies the RecBole compatibility patches first)
 
@@ -92,6 +93,14 @@ def toy_config(data_path: Path, cache_dir: Path, name: str = "toyshop", **overri
     )
     config.update(overrides)
     return config
+
+
+def write_plan(path: Path, shared: dict, models: list[str], seeds: list[int], **sections: dict) -> Path:
+    """A benchmark plan file with one `cpu` profile: `shared` for every model, `sections` per model."""
+    shared = {key: value for key, value in shared.items() if key != "seed"}
+    plan = {"models": models, "seeds": seeds, "profiles": {"cpu": {"all": shared, **sections}}}
+    path.write_text(yaml.safe_dump(plan))
+    return path
 
 
 @pytest.fixture(autouse=True)

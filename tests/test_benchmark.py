@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import toy_config
+from conftest import toy_config, write_plan
 
 from acerec_recbole import benchmark
 from acerec_recbole.errors import UsageError
@@ -15,16 +15,13 @@ from acerec_recbole.errors import UsageError
 
 @pytest.fixture()
 def plan_file(toy_data, sid_cache, tmp_path):
-    shared = toy_config(toy_data, sid_cache, epochs=2)
-    shared.pop("seed")
-    plan = {
-        "models": ["RPG", "SASRec", "Pop"],
-        "seeds": [3, 4],
-        "profiles": {"cpu": {"all": shared, "SASRec": {"hidden_size": 16, "inner_size": 32}}},
-    }
-    path = tmp_path / "toyshop.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    return path
+    return write_plan(
+        tmp_path / "toyshop.yaml",
+        toy_config(toy_data, sid_cache, epochs=2),
+        models=["RPG", "SASRec", "Pop"],
+        seeds=[3, 4],
+        SASRec={"hidden_size": 16, "inner_size": 32},
+    )
 
 
 def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path, capsys):

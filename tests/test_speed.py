@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import yaml
-from conftest import toy_config
+from conftest import toy_config, write_plan
 
 from acerec_recbole import speed
 from acerec_recbole.errors import UsageError
@@ -12,22 +11,14 @@ from acerec_recbole.errors import UsageError
 
 @pytest.fixture()
 def plan_file(toy_data, sid_cache, tmp_path):
-    shared = toy_config(toy_data, sid_cache, epochs=1)
-    shared.pop("seed")
-    plan = {
-        "models": ["RPG", "SASRec"],
-        "seeds": [3],
-        "profiles": {
-            "cpu": {
-                "all": shared,
-                "SASRec": {"hidden_size": 16, "inner_size": 32},
-                "RPG-wide": {"model": "RPG", "hidden_size": 48},
-            }
-        },
-    }
-    path = tmp_path / "toyshop.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    return path
+    return write_plan(
+        tmp_path / "toyshop.yaml",
+        toy_config(toy_data, sid_cache, epochs=1),
+        models=["RPG", "SASRec"],
+        seeds=[3],
+        SASRec={"hidden_size": 16, "inner_size": 32},
+        **{"RPG-wide": {"model": "RPG", "hidden_size": 48}},
+    )
 
 
 RELATIVE = "seconds_per_epoch / SASRec's"
