@@ -95,8 +95,8 @@ def toy_config(data_path: Path, cache_dir: Path, name: str = "toyshop", **overri
     return config
 
 
-def write_plan(path: Path, shared: dict, models: list[str], seeds: list[int], **sections: dict) -> Path:
-    """A benchmark plan file with one `cpu` profile: `shared` for every model, `sections` per model."""
+def write_plan(path: Path, shared: dict, models: list[str], seeds: list[int], sections: dict[str, dict]) -> Path:
+    """A benchmark plan file with one `cpu` profile: `shared` for every model, `sections` by model or variant name."""
     shared = {key: value for key, value in shared.items() if key != "seed"}
     plan = {"models": models, "seeds": seeds, "profiles": {"cpu": {"all": shared, **sections}}}
     path.write_text(yaml.safe_dump(plan))

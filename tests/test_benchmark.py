@@ -20,7 +20,7 @@ def plan_file(toy_data, sid_cache, tmp_path):
         toy_config(toy_data, sid_cache, epochs=2),
         models=["RPG", "SASRec", "Pop"],
         seeds=[3, 4],
-        SASRec={"hidden_size": 16, "inner_size": 32},
+        sections={"SASRec": {"hidden_size": 16, "inner_size": 32}},
     )
 
 

@@ -16,8 +16,7 @@ def plan_file(toy_data, sid_cache, tmp_path):
         toy_config(toy_data, sid_cache, epochs=1),
         models=["RPG", "SASRec"],
         seeds=[3],
-        SASRec={"hidden_size": 16, "inner_size": 32},
-        **{"RPG-wide": {"model": "RPG", "hidden_size": 48}},
+        sections={"SASRec": {"hidden_size": 16, "inner_size": 32}, "RPG-wide": {"model": "RPG", "hidden_size": 48}},
     )
 
 
