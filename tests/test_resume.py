@@ -97,6 +97,45 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, sid_cache, 
     assert resumed_test == whole_test
 
 
+def losses_and_scores(checkpoint_dir: Path) -> list[tuple[int, float, float]]:
+    (state_file,) = checkpoint_dir.glob("*.state.pth")
+    state = load_checkpoint(state_file, required=("epoch_history",))
+    assert state["finished"]
+    return [(h["epoch"], h["train_loss"], h["valid_score"]) for h in state["epoch_history"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["SASRec", "ACERec"])
+def test_a_run_killed_between_two_batches_resumes_from_that_batch_to_the_same_result(tmp_path, sid_cache, model):
+    """``state_every_minutes``: states within an epoch. A tiny interval saves one after every batch; the
+    run is killed in its second epoch with such a state on disk, resumed, and must end as a run that
+    saved no state within epochs (RecBole's own epoch loop): same losses, validation curve and test."""
+    plain_dir, killed_dir = tmp_path / "plain" / "saved", tmp_path / "killed" / "saved"
+    for folder in (plain_dir, killed_dir):
+        folder.mkdir(parents=True)
+    _, plain_test = finish(cli(model, plain_dir, sid_cache, "--state_every_minutes=0"))
+
+    every_batch = "--state_every_minutes=1e-9"
+    victim = cli(model, killed_dir, sid_cache, every_batch)
+    deadline, partial = time.time() + 300, None
+    while partial is None and time.time() < deadline and victim.poll() is None:
+        for state_file in killed_dir.glob("*.state.pth"):
+            where = load_checkpoint(state_file, required=("epoch_history",)).get("partial_epoch")
+            partial = where if where and where["epoch"] == 1 and where["batches_done"] >= 2 else None
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert partial is not None, "the run never saved a state within its second epoch"
+    (state_file,) = killed_dir.glob("*.state.pth")
+    interrupted = load_checkpoint(state_file, required=("epoch_history",))
+    assert interrupted["partial_epoch"]["epoch"] == 1 and len(interrupted["epoch_history"]) == 1
+
+    output, resumed_test = finish(cli(model, killed_dir, sid_cache, every_batch, "--resume=True"))
+    assert "batches of the next done" in output
+    assert losses_and_scores(killed_dir) == losses_and_scores(plain_dir)
+    assert resumed_test == plain_test
+
+
 def test_resume_with_nothing_to_resume_starts_fresh_and_a_changed_setting_is_refused(tmp_path, toy_data, sid_cache):
     settings = toy_config(toy_data, sid_cache, epochs=2, checkpoint_dir=str(tmp_path / "saved"))
     first = run("RPG", "toyshop", config_dict={**settings, "resume": True})  # nothing there yet: a fresh run
