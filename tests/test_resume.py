@@ -70,14 +70,28 @@ def history(checkpoint_dir: Path) -> list[tuple[int, float]]:
     return [(h["epoch"], h["valid_score"]) for h in state["epoch_history"]]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, sid_cache):
+    """Per model, one run that saves no state within epochs (RecBole's own epoch loop), shared by the
+    kill-and-resume tests: its checkpoint folder and test result."""
+    runs: dict[str, tuple[Path, dict]] = {}
+
+    def get(model: str) -> tuple[Path, dict]:
+        if model not in runs:
+            folder = tmp_path_factory.mktemp(f"uninterrupted-{model}") / "saved"
+            folder.mkdir()
+            runs[model] = (folder, finish(cli(model, folder, sid_cache, "--state_every_minutes=0"))[1])
+        return runs[model]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "ACERec"])
-def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, sid_cache, model):
-    whole_dir, killed_dir = tmp_path / "whole" / "saved", tmp_path / "killed" / "saved"
-    for folder in (whole_dir, killed_dir):
-        folder.mkdir(parents=True)
-    whole = cli(model, whole_dir, sid_cache)
-    _, whole_test = finish(whole)
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, sid_cache, uninterrupted, model):
+    whole_dir, whole_test = uninterrupted(model)
+    killed_dir = tmp_path / "killed" / "saved"
+    killed_dir.mkdir(parents=True)
 
     victim = cli(model, killed_dir, sid_cache)
     deadline = time.time() + 300
@@ -106,14 +120,15 @@ def losses_and_scores(checkpoint_dir: Path) -> list[tuple[int, float, float]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "ACERec"])
-def test_a_run_killed_between_two_batches_resumes_from_that_batch_to_the_same_result(tmp_path, sid_cache, model):
+def test_a_run_killed_between_two_batches_resumes_from_that_batch_to_the_same_result(
+    tmp_path, sid_cache, uninterrupted, model
+):
     """``state_every_minutes``: states within an epoch. A tiny interval saves one after every batch; the
     run is killed in its second epoch with such a state on disk, resumed, and must end as a run that
     saved no state within epochs (RecBole's own epoch loop): same losses, validation curve and test."""
-    plain_dir, killed_dir = tmp_path / "plain" / "saved", tmp_path / "killed" / "saved"
-    for folder in (plain_dir, killed_dir):
-        folder.mkdir(parents=True)
-    _, plain_test = finish(cli(model, plain_dir, sid_cache, "--state_every_minutes=0"))
+    plain_dir, plain_test = uninterrupted(model)
+    killed_dir = tmp_path / "killed" / "saved"
+    killed_dir.mkdir(parents=True)
 
     every_batch = "--state_every_minutes=1e-9"
     victim = cli(model, killed_dir, sid_cache, every_batch)
