@@ -367,12 +367,12 @@ class ResumableTrainerMixin:
         earlier_seconds = partial["seconds"] if partial else 0.0
 
         def batches():
+            nonlocal last_saved
             iterator = iter(train_data)
             for _ in range(skip):
                 next(iterator)
             if partial is not None:
                 restore_random_states(partial["rng"], train_data)
-            nonlocal last_saved
             for batch in iterator:
                 yield batch
                 # the optimiser step of this batch is done and the next batch not drawn yet
