@@ -205,10 +205,12 @@ class ResumableTrainerMixin:
         """A learning-rate scheduler stepped after every optimiser step, or None (RecBole's default)."""
         return None
 
-    def _save_state(self, epoch: int, train_data: Any, partial_epoch: dict[str, Any] | None = None) -> None:
-        """``epoch``: the last finished epoch. ``partial_epoch``: how far the next one got (then ``rng`` holds
-        the generators as that epoch started, and ``partial_epoch["rng"]`` as they are now)."""
-        rng = random_states(train_data) if partial_epoch is None else partial_epoch.pop("epoch_start_rng")
+    def _save_state(
+        self, epoch: int, train_data: Any, partial_epoch: dict[str, Any] | None = None, rng: Any = None
+    ) -> None:
+        """``epoch``: the last finished epoch. ``partial_epoch``: how far the next one got; ``rng`` is then
+        the generators as that epoch started (``partial_epoch["rng"]``: as they are now)."""
+        rng = rng if rng is not None else random_states(train_data)
         rng_by_rank = None
         if is_distributed(self.config):  # each rank draws its own dropout masks: keep every rank's generators
             rng_by_rank = [None] * torch.distributed.get_world_size()
@@ -383,9 +385,8 @@ class ResumableTrainerMixin:
                         "loss": progress["loss"],
                         "seconds": earlier_seconds + time.time() - epoch_started,
                         "rng": random_states(train_data),
-                        "epoch_start_rng": epoch_start_rng,
                     }
-                    self._save_state(epoch_idx - 1, train_data, partial_epoch=where)
+                    self._save_state(epoch_idx - 1, train_data, partial_epoch=where, rng=epoch_start_rng)
                     self.logger.info(
                         f"Saved the training state at batch {progress['done']}/{len(train_data)} of epoch {epoch_idx}"
                     )

@@ -63,11 +63,12 @@ def finish(process: subprocess.Popen) -> tuple[str, dict]:
     return output, ast.literal_eval(line[len("test result: ") :])
 
 
-def history(checkpoint_dir: Path) -> list[tuple[int, float]]:
+def history(checkpoint_dir: Path, keys: tuple[str, ...] = ("epoch", "valid_score")) -> list[tuple]:
+    """Each epoch's ``keys`` from a finished run's training state."""
     (state_file,) = checkpoint_dir.glob("*.state.pth")
     state = load_checkpoint(state_file, required=("epoch_history",))
     assert state["finished"]
-    return [(h["epoch"], h["valid_score"]) for h in state["epoch_history"]]
+    return [tuple(h[key] for key in keys) for h in state["epoch_history"]]
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +112,6 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, sid_cache, 
     assert resumed_test == whole_test
 
 
-def losses_and_scores(checkpoint_dir: Path) -> list[tuple[int, float, float]]:
-    (state_file,) = checkpoint_dir.glob("*.state.pth")
-    state = load_checkpoint(state_file, required=("epoch_history",))
-    assert state["finished"]
-    return [(h["epoch"], h["train_loss"], h["valid_score"]) for h in state["epoch_history"]]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "ACERec"])
 def test_a_run_killed_between_two_batches_resumes_from_that_batch_to_the_same_result(
@@ -147,7 +141,8 @@ def test_a_run_killed_between_two_batches_resumes_from_that_batch_to_the_same_re
 
     output, resumed_test = finish(cli(model, killed_dir, sid_cache, every_batch, "--resume=True"))
     assert "batches of the next done" in output
-    assert losses_and_scores(killed_dir) == losses_and_scores(plain_dir)
+    keys = ("epoch", "train_loss", "valid_score")
+    assert history(killed_dir, keys) == history(plain_dir, keys)
     assert resumed_test == plain_test
 
 
