@@ -27,8 +27,10 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,6 +211,39 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------------------- parent
 
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def run_child(command: list[str], **popen_kwargs: Any) -> int:
+    """Run one run's process and return its exit code. A SIGTERM or SIGHUP sent to the benchmark (``kill``,
+    a scheduler's time limit, a closed terminal) is passed on to the run, and the benchmark stops once the run
+    has, so that stopping the benchmark never leaves a training running on its own. The run's last training
+    state stays for resuming."""
+    child = subprocess.Popen(command, **popen_kwargs)
+    received: list[int] = []
+
+    def pass_on(signum: int, frame: Any) -> None:  # wait() below carries on until the run has stopped
+        received.append(signum)
+        child.send_signal(signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = {s: signal.signal(s, pass_on) for s in FORWARDED_SIGNALS} if in_main_thread else {}
+    try:
+        code = child.wait()
+    except BaseException:  # Ctrl-C or an error in the benchmark itself: do not leave the run behind
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        name = signal.Signals(received[0]).name
+        print(f"stopped by {name}, and the run with it; repeat the same command to continue it", flush=True)
+        raise SystemExit(128 + received[0])
+    return code
+
+
 def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False) -> list[str]:
     """Run each spec in its own process unless an identical finished run exists; returns failures."""
     failures = []
@@ -238,7 +273,7 @@ def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False)
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 handle.write(f"\n----- continued {stamp} from the last training state -----\n")
                 handle.flush()
-            code = subprocess.call(
+            code = run_child(
                 [sys.executable, "-m", "acerec_recbole.benchmark", f"--run_spec={out / 'spec.json'}"],
                 stdout=handle,
                 stderr=subprocess.STDOUT,

@@ -131,6 +131,45 @@ def test_an_interrupted_benchmark_run_continues_from_its_last_epoch(plan_file, t
     assert "epoch 0 training" in first and "epoch 7 training" in continued
 
 
+def test_stopping_the_benchmark_stops_its_run_too(plan_file, tmp_path):
+    """SIGTERM to the benchmark (kill, a scheduler's limit) must not leave its training process running alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(benchmark.PROJECT_ROOT)}
+    argv = ["--dataset=toyshop", f"--plan={plan_file}", f"--results_dir={results}", "--models=RPG", "--seeds=3"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "acerec_recbole.benchmark", *argv, "--epochs=500", "--stopping_step=500"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    runs: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 300  # until the run has its first training state: it is training
+        while not list((results / "runs" / "RPG-seed3" / "saved").glob("*.state.pth")) and time.time() < deadline:
+            assert parent.poll() is None, parent.stdout.read()
+            time.sleep(0.05)
+        runs = psutil.Process(parent.pid).children()
+        assert len(runs) == 1 and "--run_spec" in " ".join(runs[0].cmdline())
+        parent.send_signal(signal.SIGTERM)
+        output, _ = parent.communicate(timeout=120)
+        assert not runs[0].is_running(), "the run outlived the benchmark"
+        assert parent.returncode == 128 + signal.SIGTERM
+        assert "stopped by SIGTERM" in output
+        assert not (results / "runs" / "RPG-seed3" / "run.json").exists()
+        assert list((results / "runs" / "RPG-seed3" / "saved").glob("*.state.pth"))  # kept for resuming
+    finally:
+        for run in runs:
+            if run.is_running():
+                run.kill()
+        parent.kill()
+
+
 def test_a_named_variant_trains_its_model_class_under_its_own_name(plan_file, tmp_path):
     """Ablation rows: a plan section with a `model:` key, e.g. `ACERec-mean: {model: ACERec, merger: mean}`."""
     plan = yaml.safe_load(plan_file.read_text())
