@@ -152,7 +152,7 @@ def run_one(spec_file: Path) -> dict[str, Any]:
 
     spec = json.loads(spec_file.read_text())
     out = spec_file.parent
-    # resume=True: a run killed mid-way continues from its last finished epoch (saved/*.state.pth)
+    # resume=True: a run killed mid-way continues from its last training state (saved/*.state.pth)
     config_dict = {**spec["config_dict"], "checkpoint_dir": str(out / "saved"), "resume": True}
     model = spec.get("model_class", spec["model"])
     result = run(model, spec["dataset"], spec["config_files"] or None, config_dict, spec["cmd_args"])
@@ -263,7 +263,7 @@ def run_all(specs: list[dict[str, Any]], results_dir: Path, rerun: bool = False)
             clear_checkpoints(out)  # a training state left by other settings (or --rerun) must not be resumed
         elif list((out / "saved").glob("*.state.pth")):
             continuing = True
-            print(f"[{index}/{len(specs)}] {name}: continuing an interrupted run from its last finished epoch")
+            print(f"[{index}/{len(specs)}] {name}: continuing an interrupted run from its last training state")
         previous.write_text(json.dumps(spec, indent=1))
         log = results_dir / "logs" / f"{name}.log"
         print(f"[{index}/{len(specs)}] {name}: training (log: {log})", flush=True)

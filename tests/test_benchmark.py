@@ -123,7 +123,7 @@ def test_an_interrupted_benchmark_run_continues_from_its_last_epoch(plan_file, t
 
     capsys.readouterr()
     benchmark.main(argv + ["--epochs=8", "--state=INFO"])
-    assert "continuing an interrupted run from its last finished epoch" in capsys.readouterr().out
+    assert "continuing an interrupted run from its last training state" in capsys.readouterr().out
     record = json.loads((out / "run.json").read_text())
     assert [h["epoch"] for h in record["history"]] == list(range(1, 9))
     assert not list((out / "saved").glob("*.pth"))  # weights and states are removed once the run is recorded
