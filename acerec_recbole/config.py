@@ -130,6 +130,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "attn_dropout_prob": _number(0, 1),
     "residual_dropout_prob": _number(0, 1),
     "isa_weight": _number(0),
+    "reconstruction_weight": _number(0),
     "isa_temperature": _number(0, low_open=True),
     "mtp_temperature": _number(0, low_open=True),
     "popularity_beta": _number(0),

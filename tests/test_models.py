@@ -74,6 +74,8 @@ def test_loss_decreases_over_a_few_steps(toy_data, sid_cache, model_name):
         {"isa_weight": 0.0},
         {"num_latents": 4},
         {"mtp_logit_adjustment": 1.0},
+        {"reconstruction_weight": 0.05},
+        {"reconstruction_weight": 0.05, "anchor": "last", "merger": "mean"},
     ],
 )
 def test_ablation_switches_build_and_train(toy_data, sid_cache, switches):
@@ -125,6 +127,40 @@ def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring
         assert float(plain.token_loss(states, targets)) != pytest.approx(float(expected), rel=1e-3)
         interaction = next(iter(valid))[0]
         assert torch.equal(adjusted.full_sort_predict(interaction), plain.full_sort_predict(interaction))
+
+
+def test_reconstruction_weight_adds_the_v2_loss_that_rebuilds_each_items_tokens_from_its_latents(toy_data, sid_cache):
+    _, _, (train, _, _), plain = build_pipeline("ACERec", toy_data, sid_cache)
+    _, _, _, model = build_pipeline("ACERec", toy_data, sid_cache, reconstruction_weight=0.5)
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert extra and all(key.startswith("reconstructor.") for key in extra)  # off: the model as it was
+    model.load_state_dict({**model.state_dict(), **plain.state_dict()})
+
+    def rebuild_error(batch) -> torch.Tensor:
+        items = torch.unique(batch[model.ITEM_SEQ])
+        items = items[items > 0]
+        tokens = model.token_norm(model.tokens(model.item_codes[items]))
+        rebuilt = model.reconstructor(model.item_inputs(items)[:, : model.num_latents])
+        return 1 - torch.nn.functional.cosine_similarity(rebuilt, tokens, dim=-1).mean()
+
+    batch = next(iter(train))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        expected = plain.calculate_loss(batch) + 0.5 * rebuild_error(batch)
+        assert float(model.calculate_loss(batch)) == pytest.approx(float(expected), rel=1e-5)
+        before = float(rebuild_error(batch))
+
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        for step_batch in train:
+            optimiser.zero_grad()
+            model.calculate_loss(step_batch).backward()
+            optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        after = float(rebuild_error(batch))
+    assert after < 0.5 * before, (before, after)  # the latents now carry what the tokens say
 
 
 def test_isa_score_weight_adds_the_isa_heads_item_score_at_inference(toy_data, sid_cache):

@@ -147,7 +147,15 @@ class SemanticIDRecommender(SequentialRecommender):
     # ------------------------------------------------------------------------------------------ training
 
     def training_states(self, interaction: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """States (N, d) and next-item targets (N,) at every non-padding training position.
+        """States (N, d) and next-item targets (N,) at every non-padding training position."""
+        states, targets, _, _ = self.training_states_and_inputs(interaction)
+        return states, targets
+
+    def training_states_and_inputs(
+        self, interaction: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """States (N, d) and next-item targets (N,) at every non-padding training position, plus the batch's
+        distinct items (U,) and their input blocks (U, S, d), for losses on the item inputs themselves.
 
         Item inputs (e.g. ACERec's merger) are computed once per distinct item of the batch; the
         sequences then run in power-of-two length classes (``length_bucketing``), each trimmed to its
@@ -175,7 +183,7 @@ class SemanticIDRecommender(SequentialRecommender):
             positions.append(chunk[rows] * longest + cols)
         positions = torch.cat(positions)
         restore = torch.argsort(positions)  # back to the batch's row-major order
-        return torch.cat(states)[restore], targets.flatten()[positions[restore]]
+        return torch.cat(states)[restore], targets.flatten()[positions[restore]], items, inputs
 
     def token_loss(self, states: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
         """Multi-token prediction loss of states (N, d) against items (N,)."""

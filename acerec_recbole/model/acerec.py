@@ -17,17 +17,20 @@ from torch import nn
 from acerec_recbole.model.abstract import SemanticIDRecommender
 from acerec_recbole.model.layers import (
     ItemSummary,
+    TokenReconstructor,
     alignment_scores,
     build_merger,
     intent_semantic_alignment_loss,
     popularity_bias,
+    reconstruction_loss,
 )
 
 
 class ACERec(SemanticIDRecommender):
     r"""Config keys (properties/model/ACERec.yaml): ``num_latents`` k, ``merger`` (attn|mean|mlp|conv),
     ``anchor`` (intent|last), ``isa_weight`` lambda, ``isa_temperature`` tau, ``popularity_beta`` beta,
-    ``mtp_temperature`` gamma, ``isa_score_weight`` w (inference), plus the Transformer sizes.
+    ``mtp_temperature`` gamma, ``isa_score_weight`` w (inference), ``reconstruction_weight`` (the paper's v2
+    loss: rebuild each item's tokens from its latents), plus the Transformer sizes.
     """
 
     def __init__(self, config: Any, dataset: Any) -> None:
@@ -59,6 +62,9 @@ class ACERec(SemanticIDRecommender):
         self.slot_embedding = nn.Embedding(self.block_size, self.hidden_size)
         self._build_sequence_encoder(config, self.block_size, anchor_is_separate=self.anchor == "intent")
         self.register_buffer("popularity_bias", popularity_bias(dataset.item_train_counts, config["popularity_beta"]))
+        self.reconstruction_weight = float(config["reconstruction_weight"] or 0.0)
+        if self.reconstruction_weight > 0:  # built last and only when used: other models keep their initial draws
+            self.reconstructor = TokenReconstructor(self.num_digits, self.hidden_size, config["merger_heads"])
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -84,8 +90,13 @@ class ACERec(SemanticIDRecommender):
         return self.step_embedding.weight[:length, None] + self.slot_embedding.weight
 
     def calculate_loss(self, interaction: Any) -> torch.Tensor:
-        states, targets = self.training_states(interaction)
+        states, targets, items, inputs = self.training_states_and_inputs(interaction)
         loss = self.token_loss(states, targets)
+        if self.reconstruction_weight > 0:
+            real = items > 0  # not the padding item
+            tokens = self.token_norm(self.tokens(self.item_codes[items[real]]))  # what the merger saw
+            rebuilt = self.reconstructor(inputs[real, : self.num_latents])
+            loss = loss + self.reconstruction_weight * reconstruction_loss(rebuilt, tokens)
         if self.isa_weight > 0:
             candidates, target_index = torch.unique(targets, return_inverse=True)
             summaries = self.item_summaries(candidates)

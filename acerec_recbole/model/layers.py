@@ -124,6 +124,36 @@ class ConvMerger(nn.Module):
         return self.norm(self.conv(tokens.transpose(1, 2)).transpose(1, 2))
 
 
+class TokenReconstructor(nn.Module):
+    """Light decoder of the reconstruction loss (the paper's v2): m learned digit queries cross-attend over
+    an item's k latents to rebuild its m tokens, so the merger is asked to keep what each digit says."""
+
+    def __init__(self, num_digits: int, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by merger_heads={num_heads}.")
+        self.num_heads = num_heads
+        self.digit_queries = nn.Parameter(torch.randn(num_digits, hidden_size) * 0.02)
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (U, k, d) -> rebuilt tokens (U, m, d)."""
+        n, k, d = latents.shape
+        m, h = self.digit_queries.shape[0], self.num_heads
+        q = self.q_proj(self.digit_queries).view(1, m, h, d // h).transpose(1, 2).expand(n, h, m, d // h)
+        key, value = self.kv_proj(latents).view(n, k, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, key, value)
+        return self.digit_queries + self.out_proj(attended.transpose(1, 2).reshape(n, m, d))
+
+
+def reconstruction_loss(rebuilt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """1 - mean cosine between rebuilt and actual tokens (U, m, d). The tokens are a fixed target
+    (no gradient): the loss can make the latents keep more of the tokens, not the tokens easier to rebuild."""
+    return 1.0 - F.cosine_similarity(rebuilt, tokens.detach(), dim=-1).mean()
+
+
 def build_merger(kind: str, num_digits: int, num_latents: int, hidden_size: int, num_heads: int, dropout: float):
     """The ``merger`` switch of ACERec: attn (ATM) | mean | mlp | conv."""
     if kind == "attn":
