@@ -45,6 +45,9 @@ RESUME_IGNORED_KEYS = frozenset(
     | {"single_spec", "local_rank", "nproc", "world_size", "ip", "port", "offset", "ddp_backend", "verbose"}
     | {"state_every_minutes"}
 )
+# Keys added to the package after runs had saved states, each with the value that trains as those runs
+# did: a saved config that lacks such a key counts as having that value, so the run can still be resumed.
+KEYS_ADDED_LATER = {"reconstruction_weight": 0.0}
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0
 
@@ -101,7 +104,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two resolved configs (``RESUME_IGNORED_KEYS`` aside)."""
     keys = (set(saved) | set(current)) - RESUME_IGNORED_KEYS
-    return sorted(k for k in keys if plain(saved.get(k)) != plain(current.get(k)))
+    return sorted(k for k in keys if plain(saved.get(k, KEYS_ADDED_LATER.get(k))) != plain(current.get(k)))
 
 
 def plain(value: Any) -> Any:

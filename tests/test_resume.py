@@ -159,10 +159,13 @@ def test_resume_with_nothing_to_resume_starts_fresh_and_a_changed_setting_is_ref
         run("RPG", "toyshop", config_dict={**settings, "resume": True, "learning_rate": 0.001})
 
 
-def test_config_differences_ignore_paths_and_verbosity():
+def test_config_differences_ignore_paths_verbosity_and_keys_added_later_at_their_neutral_value():
     saved = {"learning_rate": 0.01, "data_path": "/a", "show_progress": True, "epochs": 5}
     assert config_differences(saved, {**saved, "data_path": "/b", "show_progress": False}) == []
     assert config_differences(saved, {**saved, "epochs": 6, "new_key": 1}) == ["epochs", "new_key"]
+    # a key added to the package later: a state saved before it resumes where it has its neutral value
+    assert config_differences(saved, {**saved, "reconstruction_weight": 0.0}) == []
+    assert config_differences(saved, {**saved, "reconstruction_weight": 0.05}) == ["reconstruction_weight"]
 
 
 def test_bad_checkpoints_are_named_with_what_is_wrong(tmp_path):
