@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import time
@@ -35,6 +37,7 @@ def run(
     """
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
     check_dataset_files(config)  # before the logger prints the whole config
+    apply_cpu_memory_reuse(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -90,6 +93,43 @@ def run(
             (h.baseFilename for h in logger.handlers if getattr(h, "baseFilename", "").endswith(".log")), None
         ),
     }
+
+
+# glibc's mallopt parameters (malloc.h)
+GLIBC_M_TRIM_THRESHOLD = -1
+GLIBC_M_MMAP_MAX = -4
+
+
+def glibc_mallopt() -> Any:
+    """The C library's ``mallopt``, or None where there is none (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
+def reuse_freed_memory() -> bool:
+    """Keep the memory that CPU tensors free inside the process, for the next training step to reuse.
+
+    By default glibc gives large blocks back to the kernel (mmap/munmap, heap trimming), and each step then
+    page-faults and zeroes its large activations afresh. Measured on ml-1m at one thread (``python -m
+    acerec_recbole.speed --dataset=ml-1m --profile=cpu-quality --train_steps=20``, with and without
+    ``--cpu_memory_reuse=False``): CPU seconds per step 3.68 -> 2.73 for ACERec, 1.29 -> 1.16 for SASRec,
+    nearly all of it kernel time. The numbers computed do not change (tested). Returns False where the C
+    library has no ``mallopt`` (not glibc).
+    """
+    mallopt = glibc_mallopt()
+    if mallopt is None:
+        return False
+    no_mmap = mallopt(GLIBC_M_MMAP_MAX, 0) == 1
+    return no_mmap and mallopt(GLIBC_M_TRIM_THRESHOLD, 2**31 - 1) == 1  # keep up to 2 GiB of free heap
+
+
+def apply_cpu_memory_reuse(config: Any) -> bool:
+    """The config key ``cpu_memory_reuse`` (default True): ``reuse_freed_memory`` for this process."""
+    return config["cpu_memory_reuse"] is not False and reuse_freed_memory()
 
 
 def launch(

@@ -15,11 +15,16 @@ With ``--profile``, each model takes its own settings from the benchmark yaml (a
 do), and every model's epoch time is also given relative to SASRec's: the training budget of issue 12
 (ACERec's and RPG's minutes within SASRec's) measured in one process, which benchmark runs on different
 days of a shared machine cannot give.
+
+With ``--train_steps=N``, each model runs N training steps instead of an epoch and reports, per step, wall
+seconds, CPU seconds in user and kernel mode, minor page faults and peak memory: the figures behind
+``cpu_memory_reuse`` (run it once with ``--cpu_memory_reuse=False`` and once without).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from typing import Any
@@ -38,19 +43,22 @@ def measure_model(
     hidden_size: int | None = None,
     settings: dict[str, Any] | None = None,
     label: str | None = None,
+    train_steps: int = 0,
 ) -> dict[str, Any]:
-    """One training epoch and one full-sort validation pass. ``settings`` (e.g. a benchmark plan's
-    entry) sit beneath ``overrides``; ``label`` names the row (a plan's variant, e.g. ``RPG-LA``)."""
+    """One training epoch and one full-sort validation pass, or with ``train_steps`` only that many
+    training steps (``measure_steps``). ``settings`` (e.g. a benchmark plan's entry) sit beneath
+    ``overrides``; ``label`` names the row (a plan's variant, e.g. ``RPG-LA``)."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_trainer, init_logger, init_seed
 
     from acerec_recbole.config import Config
-    from acerec_recbole.quick_start import evaluated_users
+    from acerec_recbole.quick_start import apply_cpu_memory_reuse, evaluated_users
 
     config_dict: dict[str, Any] = {**(settings or {}), "show_progress": False}
     if hidden_size:
         config_dict["hidden_size"] = hidden_size
     config = Config(model, dataset, config_files, config_dict, overrides)
+    memory_reuse = apply_cpu_memory_reuse(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     started = time.perf_counter()
@@ -58,6 +66,15 @@ def measure_model(
     data_seconds = time.perf_counter() - started
     recommender = config.model_class(config, train_data.dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+    if train_steps:
+        return {
+            "model": label or model,
+            "hidden_size": config["hidden_size"],
+            "batch_size": config["train_batch_size"],
+            "cpu_memory_reuse": memory_reuse,
+            **measure_steps(recommender, trainer.optimizer, train_data, train_steps),
+            "peak_rss_gib": round(peak_rss_gib(), 2),
+        }
 
     started = time.perf_counter()
     loss = trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
@@ -78,6 +95,38 @@ def measure_model(
         "valid_ndcg@10_after_1_epoch": result.get("ndcg@10"),
         "data_seconds": round(data_seconds, 1),
         "peak_rss_gib": round(peak_rss_gib(), 2),
+    }
+
+
+def measure_steps(model: Any, optimizer: Any, train_data: Any, steps: int, warmup: int = 3) -> dict[str, Any]:
+    """Per training step, after ``warmup`` steps: wall seconds, CPU seconds in user and in kernel mode, and
+    minor page faults. CPU seconds and faults hardly depend on what else the machine runs, wall seconds do."""
+    batches = iter(train_data)
+    model.train()
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(train_data)
+            batch = next(batches)
+        optimizer.zero_grad()
+        model.calculate_loss(batch.to(model.device)).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "steps": steps,
+        "wall_s_per_step": round(wall / steps, 3),
+        "user_s_per_step": round((after.ru_utime - before.ru_utime) / steps, 3),
+        "kernel_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 3),
+        "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
     }
 
 
@@ -152,6 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--catalogue_items", type=int, default=0, help="score a synthetic catalogue instead")
     parser.add_argument("--digits", type=int, default=32)
     parser.add_argument("--eval_batch", type=int, default=256)
+    parser.add_argument("--train_steps", type=int, default=0, help="time this many training steps, not an epoch")
     args, overrides = parser.parse_known_args(argv)
     print(f"torch threads: {torch.get_num_threads()}")
     files = args.config_files.split() if args.config_files else []
@@ -168,15 +218,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(
                 measure_model(
                     spec.get("model_class", model), args.dataset, spec["config_files"] or None, spec["cmd_args"],
-                    settings=spec["config_dict"], label=model,
+                    settings=spec["config_dict"], label=model, train_steps=args.train_steps,
                 )
             )  # fmt: skip
-        ratios = relative_to(rows, "SASRec")
+        ratios = [] if args.train_steps else relative_to(rows, "SASRec")
     else:
         sizes = [int(d) for d in args.hidden_sizes.split(",")] if args.hidden_sizes else [None]
         models = args.models.split(",")
-        rows = [measure_model(m, args.dataset, files or None, overrides, d) for d in sizes for m in models]
-        ratios = ratio_rows(rows)
+        rows = [
+            measure_model(m, args.dataset, files or None, overrides, d, train_steps=args.train_steps)
+            for d in sizes
+            for m in models
+        ]
+        ratios = [] if args.train_steps else ratio_rows(rows)
     print_table(rows)
     if ratios:
         print()

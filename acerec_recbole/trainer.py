@@ -38,12 +38,13 @@ from acerec_recbole.errors import UsageError
 
 STATE_SUFFIX = ".state.pth"
 # Config keys that may differ between an interrupted run and its resumption (where files live, how
-# verbose it is, the resume request itself); any other difference means a different run.
+# verbose it is, the resume request itself, how often states are saved, how memory is reused); any other
+# difference means a different run.
 # A run may also be resumed with another number of processes (RecBole's DDP keys).
 RESUME_IGNORED_KEYS = frozenset(
     {"resume", "show_progress", "state", "data_path", "checkpoint_dir", "device", "gpu_id", "use_gpu", "log_wandb"}
     | {"single_spec", "local_rank", "nproc", "world_size", "ip", "port", "offset", "ddp_backend", "verbose"}
-    | {"state_every_minutes"}
+    | {"state_every_minutes", "cpu_memory_reuse"}
 )
 # Keys added to the package after runs had saved states, each with the value that trains as those runs
 # did: a saved config that lacks such a key counts as having that value, so the run can still be resumed.

@@ -42,3 +42,12 @@ def test_speed_measures_each_model_at_its_plan_settings(plan_file):
 def test_speed_refuses_two_sources_of_the_hidden_size(plan_file):
     with pytest.raises(UsageError, match="--hidden_sizes and --profile"):
         speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--hidden_sizes=16"])
+
+
+def test_speed_train_steps_reports_cpu_seconds_and_page_faults_per_step(plan_file):
+    rows = speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--models=RPG", "--train_steps=4"])
+    (row,) = rows
+    assert row["model"] == "RPG" and row["steps"] == 4 and row["cpu_memory_reuse"] is True
+    assert row["wall_s_per_step"] > 0 and row["user_s_per_step"] + row["kernel_s_per_step"] > 0
+    assert row["minor_faults_per_step"] >= 0 and row["peak_rss_gib"] > 0
+    assert "seconds_per_epoch" not in row  # steps, not an epoch
