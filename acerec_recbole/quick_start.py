@@ -115,10 +115,10 @@ def reuse_freed_memory() -> bool:
 
     By default glibc gives large blocks back to the kernel (mmap/munmap, heap trimming), and each step then
     page-faults and zeroes its large activations afresh. Measured on ml-1m at one thread (``python -m
-    acerec_recbole.speed --dataset=ml-1m --profile=cpu-quality --train_steps=20``, with and without
-    ``--cpu_memory_reuse=False``): CPU seconds per step 3.68 -> 2.73 for ACERec, 1.29 -> 1.16 for SASRec,
-    nearly all of it kernel time. The numbers computed do not change (tested). Returns False where the C
-    library has no ``mallopt`` (not glibc).
+    acerec_recbole.speed --dataset=ml-1m --data_path=../shared/data --profile=cpu-quality
+    --models=ACERec,SASRec --train_steps=20``, with and without ``--cpu_memory_reuse=False``): CPU seconds
+    per step 3.68 -> 2.73 for ACERec, 1.29 -> 1.16 for SASRec, nearly all of the saving kernel time. The
+    numbers computed do not change (tested). Returns False where the C library has no ``mallopt`` (not glibc).
     """
     mallopt = glibc_mallopt()
     if mallopt is None:
