@@ -71,14 +71,24 @@ class AttentiveTokenMerger(nn.Module):
 
     def forward(self, tokens: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         """tokens (U, m, d), summary (U, d) -> latents (U, k, d)."""
-        n, m, d = tokens.shape
-        h, k = self.num_heads, self.num_latents
-        queries = self.base_queries + self.query_from_summary(summary).view(n, k, d)
-        q = self.q_proj(queries).view(n, k, h, d // h).transpose(1, 2)
-        key, value = self.kv_proj(tokens + self.digit_position).view(n, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, key, value, dropout_p=self.dropout if self.training else 0.0)
-        latents = self.norm_attn(queries + self.out_proj(attended.transpose(1, 2).reshape(n, k, d)))
+        n, _, d = tokens.shape
+        queries = self.base_queries + self.query_from_summary(summary).view(n, self.num_latents, d)
+        keys_values = self.kv_proj(tokens + self.digit_position)
+        dropout = self.dropout if self.training else 0.0
+        attended = multi_head_attend(self.q_proj(queries), keys_values, self.num_heads, dropout)
+        latents = self.norm_attn(queries + self.out_proj(attended))
         return self.norm_ffn(latents + self.ffn(latents))
+
+
+def multi_head_attend(q: torch.Tensor, kv: torch.Tensor, num_heads: int, dropout: float = 0.0) -> torch.Tensor:
+    """Attention of projected queries q (n or 1, k, d) over projected keys and values kv (n, m, 2d), split
+    into ``num_heads`` heads -> (n, k, d), before the output projection (the merger's and the decoder's)."""
+    n, m, _ = kv.shape
+    k, d = q.shape[-2:]
+    q = q.expand(n, k, d).view(n, k, num_heads, d // num_heads).transpose(1, 2)
+    key, value = kv.view(n, m, 2, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
+    attended = F.scaled_dot_product_attention(q, key, value, dropout_p=dropout)
+    return attended.transpose(1, 2).reshape(n, k, d)
 
 
 class MeanMerger(nn.Module):
@@ -140,12 +150,8 @@ class TokenReconstructor(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (U, k, d) -> rebuilt tokens (U, m, d)."""
-        n, k, d = latents.shape
-        m, h = self.digit_queries.shape[0], self.num_heads
-        q = self.q_proj(self.digit_queries).view(1, m, h, d // h).transpose(1, 2).expand(n, h, m, d // h)
-        key, value = self.kv_proj(latents).view(n, k, 2, h, d // h).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, key, value)
-        return self.digit_queries + self.out_proj(attended.transpose(1, 2).reshape(n, m, d))
+        q = self.q_proj(self.digit_queries).unsqueeze(0)  # the same queries for every item
+        return self.digit_queries + self.out_proj(multi_head_attend(q, self.kv_proj(latents), self.num_heads))
 
 
 def reconstruction_loss(rebuilt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
