@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import toy_config
 
+from acerec_recbole.benchmark import PROJECT_ROOT
 from acerec_recbole.quick_start import glibc_mallopt
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
 
 # allocates, fills and frees a 512 MiB tensor, then counts the page faults of a slightly smaller one (a
