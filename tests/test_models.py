@@ -248,3 +248,36 @@ def test_the_forecast_batch_leaves_training_exactly_as_it_was(toy_data, sid_cach
     assert [h["train_loss"] for h in forecast["trainer"].epoch_history] == [
         h["train_loss"] for h in plain["trainer"].epoch_history
     ]
+
+
+def test_the_forecast_uses_the_fastest_of_a_few_batches_and_stops_timing_when_they_are_slow(
+    toy_data, sid_cache, monkeypatch, caplog
+):
+    """The first batch pays one-time costs, so the forecast times up to FORECAST_BATCHES and takes the
+    fastest; past FORECAST_MAX_SECONDS it stops after the batch it is in."""
+    from acerec_recbole import quick_start
+
+    _, _, (train, _, _), model = build_pipeline("ACERec", toy_data, sid_cache)
+    assert len(train) >= quick_start.FORECAST_BATCHES
+    logger = logging.getLogger("forecast-test")
+    with caplog.at_level(logging.INFO, logger="forecast-test"):
+        forecast = quick_start.forecast_run(model, train, 5, logger)
+    seconds = forecast["batch_seconds"]
+    assert len(seconds) == quick_start.FORECAST_BATCHES
+    assert forecast["hours"] == pytest.approx(min(seconds) * len(train) * 5 / 3600)
+    assert f"fastest of {quick_start.FORECAST_BATCHES} training batches" in caplog.text
+    assert all(p.grad is None for p in model.parameters())
+
+    monkeypatch.setattr(quick_start, "FORECAST_MAX_SECONDS", 0.0)
+    assert len(quick_start.forecast_run(model, train, 5, logger)["batch_seconds"]) == 1
+
+
+def test_a_resumed_run_forecasts_from_its_finished_epochs(caplog):
+    from acerec_recbole.quick_start import forecast_from_epochs
+
+    history = [{"train_seconds": 100.0, "valid_seconds": 20.0}, {"train_seconds": 140.0}]
+    logger = logging.getLogger("forecast-test")
+    with caplog.at_level(logging.INFO, logger="forecast-test"):
+        assert forecast_from_epochs(history, 6, logger)["hours"] == pytest.approx(130.0 * 6 / 3600)
+    assert "Forecast from its 2 finished epochs: ~2.2 min per epoch" in caplog.text
+    assert forecast_from_epochs(history, 0, logger) == {}

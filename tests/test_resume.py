@@ -108,6 +108,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, sid_cache, 
 
     output, resumed_test = finish(cli(model, killed_dir, sid_cache, "--resume=True"))
     assert "Resuming from" in output
+    assert "Forecast from its" in output  # from the epochs it has run, not from a batch
     assert history(killed_dir) == history(whole_dir)  # same validation curve, so the same best epoch
     assert resumed_test == whole_test
 
