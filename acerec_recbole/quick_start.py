@@ -205,9 +205,9 @@ LOG_FILE_ONLY = {"log_file_only": True}
 FORECAST_WARN_HOURS = 6.0
 FORECAST_WARN_MEMORY_SHARE = 0.7
 # The first batch pays one-time costs (the heap growing to its working size, kernels set up): on ml-1m at
-# one thread SASRec's first batch took 4.2 s, its second 1.9 s, the third on 1.0-0.85 s; ACERec's barely
-# changed. So the forecast times up to FORECAST_BATCHES batches (stopping once FORECAST_MAX_SECONDS are
-# spent) and uses the fastest.
+# one thread, beside two other trainings, SASRec's first batch took 4.2 s, its second 1.9 s, the third and
+# later ones 1.0-0.85 s; ACERec's barely changed. So the forecast times up to FORECAST_BATCHES batches
+# (stopping once FORECAST_MAX_SECONDS are spent) and uses the fastest.
 FORECAST_BATCHES = 3
 FORECAST_MAX_SECONDS = 30.0
 
