@@ -17,7 +17,13 @@ from recbole.utils import get_trainer, init_logger, init_seed
 
 from acerec_recbole.config import Config
 from acerec_recbole.data.files import check_dataset_files
-from acerec_recbole.trainer import find_resumable_state, random_states, restore_random_states, resumable
+from acerec_recbole.trainer import (
+    epoch_seconds,
+    find_resumable_state,
+    random_states,
+    restore_random_states,
+    resumable,
+)
 
 
 def run(
@@ -75,7 +81,7 @@ def run(
     )
     train_seconds = time.perf_counter() - started
     if trainer.epoch_history:  # counts the epochs of every session of a resumed run, not only this one
-        train_seconds = sum(h["train_seconds"] + h.get("valid_seconds", 0.0) for h in trainer.epoch_history)
+        train_seconds = sum(epoch_seconds(h) for h in trainer.epoch_history)
     started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - started
@@ -280,7 +286,7 @@ def forecast_from_epochs(history: list[dict[str, Any]], epochs_left: int, logger
     """A resumed run's time forecast, from the mean of its finished epochs (training plus validation)."""
     if epochs_left <= 0 or not history:
         return {}
-    seconds = sum(h["train_seconds"] + h.get("valid_seconds", 0.0) for h in history) / len(history)
+    seconds = sum(epoch_seconds(h) for h in history) / len(history)
     hours = seconds * epochs_left / 3600
     finished = f"{len(history)} finished epoch" + ("s" if len(history) > 1 else "")
     logger.info(

@@ -153,6 +153,11 @@ def restore_random_states(states: dict[str, Any], train_data: Any) -> None:
         train_data.generator.set_state(states["train_loader"])
 
 
+def epoch_seconds(entry: dict[str, Any]) -> float:
+    """An ``epoch_history`` entry's wall time: training plus validation (absent when it did not validate)."""
+    return entry["train_seconds"] + entry.get("valid_seconds", 0.0)
+
+
 class ResumableTrainerMixin:
     """Atomic checkpoints, a training state after every epoch, and ``resume``; see the module docstring.
 
@@ -338,7 +343,7 @@ class ResumableTrainerMixin:
             self.epoch_history.append(entry)
             self.last_epoch = epoch_idx
             if verbose and len(self.epoch_history) == 1 and self.epochs - epoch_idx > 1:
-                seconds = entry["train_seconds"] + entry.get("valid_seconds", 0.0)
+                seconds = epoch_seconds(entry)
                 self.logger.info(
                     f"One epoch took {seconds:.0f} s: at most {seconds * (self.epochs - epoch_idx - 1) / 60:.1f} min "
                     f"for the remaining {self.epochs - epoch_idx - 1} epochs (early stopping may end it sooner)."
