@@ -371,6 +371,24 @@ def summarise(
     return summary
 
 
+def margin_rows(summary: list[dict], keys: tuple[str, ...] = ("test_ndcg@10", "valid_ndcg@10")) -> list[dict]:
+    """The first model's lead over each other one, against twice the larger seed std (the benchmark's rule
+    for "ahead": a lead that seed noise does not explain). Only models with two or more seeds on both sides."""
+    if not summary or summary[0]["seeds"] < 2:
+        return []
+    reference, rows = summary[0], []
+    for other in summary[1:]:
+        if other["seeds"] < 2 or not all(k in other and k in reference for k in keys):
+            continue
+        row: dict[str, Any] = {"model": other["model"]}
+        for key in keys:
+            lead = reference[key][0] - other[key][0]
+            bar = 2 * max(reference[key][1], other[key][1])
+            row[key] = {"lead": lead, "bar": bar, "clears": lead > bar}
+        rows.append(row)
+    return rows
+
+
 def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed: list[dict], runs: list[dict]):
     def pm(stat: tuple[float, float], digits: int = 4) -> str:
         mean, std = stat
@@ -395,6 +413,22 @@ def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed:
             f"({mean(s, 'epochs_to_best', '.1f')}) | {mean(s, 'train_minutes', '.1f')} "
             f"| {mean(s, 'full_sort_users_per_s', ',.0f')} | {mean(s, 'peak_rss_gib', '.2f')} |"
         )
+    margins = margin_rows(summary)
+    if margins:
+        lines += ["", f"## Margins of {summary[0]['model']}", ""]
+        lines.append(
+            f"{summary[0]['model']}'s mean minus each other model's, beside twice the larger of the two seed "
+            "standard deviations; `yes` where the lead is larger than that."
+        )
+        lead_columns = " | {} NDCG@10 lead | 2 × larger std | clears"
+        lines += ["", "| over" + lead_columns.format("test") + lead_columns.format("valid") + " |"]
+        lines.append("|---" * 7 + "|")
+        for m in margins:
+            cells = [
+                f"{m[key]['lead']:+.4f} | {m[key]['bar']:.4f} | {'yes' if m[key]['clears'] else 'no'}"
+                for key in ("test_ndcg@10", "valid_ndcg@10")
+            ]
+            lines.append(f"| {m['model']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per seed", ""]
     lines.append("| model | seed | NDCG@10 | Recall@10 | NDCG@5 | Recall@5 | valid NDCG@10 | epochs (best) |")
     lines.append("|---" * 8 + "|")

@@ -60,6 +60,17 @@ def test_benchmark_writes_tables_plot_configs_and_reproduces(plan_file, tmp_path
     assert "| RPG | 2 |" in markdown and "python run_recbole.py --model=SASRec" in markdown
     assert float(rows[10]["test_ndcg@10"]) < float(rows[6]["test_ndcg@10"])  # Pop below RPG
     assert "| Pop | 2 |" in markdown
+    # the first model's lead over each other one, against twice the larger seed std, from the same figures
+    stats = {(r["model"], r["seed"]): r for r in rows}
+    section = markdown.split("## Margins of RPG")[1].split("## Per seed")[0].splitlines()
+    for other in ("SASRec", "Pop"):
+        cells = next(line for line in section if line.startswith(f"| {other} |")).strip("| ").split(" | ")
+        for offset, key in ((1, "test_ndcg@10"), (4, "valid_ndcg@10")):
+            lead = float(stats["RPG", "mean"][key]) - float(stats[other, "mean"][key])
+            bar = 2 * max(float(stats["RPG", "std"][key]), float(stats[other, "std"][key]))
+            assert float(cells[offset]) == pytest.approx(lead, abs=1e-4)
+            assert float(cells[offset + 1]) == pytest.approx(bar, abs=1e-4)
+            assert cells[offset + 2] == ("yes" if lead > bar else "no")
     assert (results / "valid_ndcg10.png").read_bytes()[:4] == b"\x89PNG"
 
     # unchanged settings: kept, not trained again
