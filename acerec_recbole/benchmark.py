@@ -371,7 +371,10 @@ def summarise(
     return summary
 
 
-def margin_rows(summary: list[dict], keys: tuple[str, ...] = ("test_ndcg@10", "valid_ndcg@10")) -> list[dict]:
+MARGIN_KEYS = ("test_ndcg@10", "valid_ndcg@10")  # the figures results.md compares between models
+
+
+def margin_rows(summary: list[dict], keys: tuple[str, ...] = MARGIN_KEYS) -> list[dict]:
     """The first model's lead over each other one, against twice the larger seed std (the benchmark's rule
     for "ahead": a lead that seed noise does not explain). Only models with two or more seeds on both sides."""
     if not summary or summary[0]["seeds"] < 2:
@@ -426,7 +429,7 @@ def write_markdown(results_dir: Path, title: str, summary: list[dict], per_seed:
         for m in margins:
             cells = [
                 f"{m[key]['lead']:+.4f} | {m[key]['bar']:.4f} | {'yes' if m[key]['clears'] else 'no'}"
-                for key in ("test_ndcg@10", "valid_ndcg@10")
+                for key in MARGIN_KEYS
             ]
             lines.append(f"| {m['model']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per seed", ""]
