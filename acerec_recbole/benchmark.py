@@ -374,17 +374,17 @@ def summarise(
 MARGIN_KEYS = ("test_ndcg@10", "valid_ndcg@10")  # the figures results.md compares between models
 
 
-def margin_rows(summary: list[dict], keys: tuple[str, ...] = MARGIN_KEYS) -> list[dict]:
+def margin_rows(summary: list[dict]) -> list[dict]:
     """The first model's lead over each other one, against twice the larger seed std (the benchmark's rule
     for "ahead": a lead that seed noise does not explain). Only models with two or more seeds on both sides."""
     if not summary or summary[0]["seeds"] < 2:
         return []
     reference, rows = summary[0], []
     for other in summary[1:]:
-        if other["seeds"] < 2 or not all(k in other and k in reference for k in keys):
+        if other["seeds"] < 2 or not all(k in other and k in reference for k in MARGIN_KEYS):
             continue
         row: dict[str, Any] = {"model": other["model"]}
-        for key in keys:
+        for key in MARGIN_KEYS:
             lead = reference[key][0] - other[key][0]
             bar = 2 * max(reference[key][1], other[key][1])
             row[key] = {"lead": lead, "bar": bar, "clears": lead > bar}
