@@ -18,15 +18,19 @@ days of a shared machine cannot give.
 
 With ``--train_steps=N``, each model runs N training steps instead of an epoch and reports, per step, wall
 seconds, CPU seconds in user and kernel mode, minor page faults and peak memory: the figures behind
-``cpu_memory_reuse`` (run it once with ``--cpu_memory_reuse=False`` and once without).
+``cpu_memory_reuse`` (run it once with ``--cpu_memory_reuse=False`` and once without). Add
+``--op_profile=ROWS`` to see where those steps spend their time: forward milliseconds per model part, the
+backward pass, the optimiser, and the ROWS operators with the most self time (``torch.profiler``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,6 +48,7 @@ def measure_model(
     settings: dict[str, Any] | None = None,
     label: str | None = None,
     train_steps: int = 0,
+    op_rows: int = 0,
 ) -> dict[str, Any]:
     """One training epoch and one full-sort validation pass, or with ``train_steps`` only that many
     training steps (``measure_steps``). ``settings`` (e.g. a benchmark plan's entry) sit beneath
@@ -72,7 +77,7 @@ def measure_model(
             "hidden_size": config["hidden_size"],
             "batch_size": config["train_batch_size"],
             "cpu_memory_reuse": memory_reuse,
-            **measure_steps(recommender, trainer.optimizer, train_data, train_steps),
+            **measure_steps(recommender, trainer.optimizer, train_data, train_steps, op_rows=op_rows),
             "peak_rss_gib": round(peak_rss_gib(), 2),
         }
 
@@ -98,9 +103,13 @@ def measure_model(
     }
 
 
-def measure_steps(model: Any, optimizer: Any, train_data: Any, steps: int, warmup: int = 3) -> dict[str, Any]:
+def measure_steps(
+    model: Any, optimizer: Any, train_data: Any, steps: int, warmup: int = 3, op_rows: int = 0
+) -> dict[str, Any]:
     """Per training step, after ``warmup`` steps: wall seconds, CPU seconds in user and in kernel mode, and
-    minor page faults. CPU seconds and faults hardly depend on what else the machine runs, wall seconds do."""
+    minor page faults. CPU seconds and faults hardly depend on what else the machine runs, wall seconds do.
+    With ``op_rows``, the timed steps also run under ``torch.profiler`` (which slows them) and the time is
+    printed per model part and per operator (``print_op_profile``)."""
     batches = iter(train_data)
     model.train()
 
@@ -117,10 +126,13 @@ def measure_steps(model: Any, optimizer: Any, train_data: Any, steps: int, warmu
 
     for _ in range(warmup):
         step()
-    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for _ in range(steps):
-        step()
-    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    with op_profile(model, op_rows) as profile:
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    if profile is not None:
+        print_op_profile(profile, steps, op_rows)
     return {
         "steps": steps,
         "wall_s_per_step": round(wall / steps, 3),
@@ -128,6 +140,73 @@ def measure_steps(model: Any, optimizer: Any, train_data: Any, steps: int, warmu
         "kernel_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 3),
         "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
     }
+
+
+@contextlib.contextmanager
+def op_profile(model: Any, op_rows: int) -> Iterator[Any]:
+    """``torch.profiler`` over the block, each direct child module's forward recorded under its own name
+    (``part:<name>``), so the table says which part of the model the time goes to; nothing if op_rows is 0."""
+    if not op_rows:
+        yield None
+        return
+    open_ranges: dict[str, list[Any]] = {}
+
+    def enter(name: str) -> Any:
+        def hook(module: Any, inputs: Any) -> None:
+            open_ranges.setdefault(name, []).append(torch.profiler.record_function(f"part:{name}").__enter__())
+
+        return hook
+
+    def leave(name: str) -> Any:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            open_ranges[name].pop().__exit__(None, None, None)
+
+        return hook
+
+    handles = []
+    for name, child in model.named_children():
+        handles += [child.register_forward_pre_hook(enter(name)), child.register_forward_hook(leave(name))]
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            yield profile
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def print_op_profile(profile: Any, steps: int, rows: int) -> None:
+    """Milliseconds per training step, each inclusive of what it calls: the forward pass of each model part,
+    the backward pass (autograd's per-node functions) and the optimiser; then the ``rows`` operators with the
+    most self time, with their share of all self time (the part ranges' own Python time included)."""
+    events = profile.key_averages()
+    per_step = {e.key: e.cpu_time_total / 1000 / steps for e in events}
+    self_per_step = {e.key: e.self_cpu_time_total / 1000 / steps for e in events}
+    total = sum(self_per_step.values())
+    parts = sorted(((k, v) for k, v in per_step.items() if k.startswith("part:")), key=lambda kv: -kv[1])
+    # autograd runs one evaluate_function range per graph node, none nested in another: their inclusive sum
+    backward = sum(v for k, v in per_step.items() if k.startswith("autograd::engine::evaluate_function"))
+    optimiser = sum(v for k, v in per_step.items() if k.startswith("Optimizer.step"))
+    table = [{"part": f"forward: {k[len('part:') :]}", "ms per step": round(v, 2)} for k, v in parts]
+    table += [
+        {"part": "backward", "ms per step": round(backward, 2)},
+        {"part": "optimiser step", "ms per step": round(optimiser, 2)},
+        {"part": "everything (self time of all ranges)", "ms per step": round(total, 2)},
+    ]
+    print_table(table)
+    print()
+    top = sorted((e for e in events if not e.key.startswith("part:")), key=lambda e: -e.self_cpu_time_total)[:rows]
+    print_table(
+        [
+            {
+                "operator": e.key,
+                "calls per step": round(e.count / steps, 1),
+                "self ms per step": round(e.self_cpu_time_total / 1000 / steps, 2),
+                "share": f"{e.self_cpu_time_total / 1000 / steps / total:.1%}",
+            }
+            for e in top
+        ]
+    )
+    print()
 
 
 def measure_catalogue(n_items: int, num_digits: int, codebook_size: int, batch: int, k: int = 10) -> dict[str, Any]:
@@ -202,7 +281,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--digits", type=int, default=32)
     parser.add_argument("--eval_batch", type=int, default=256)
     parser.add_argument("--train_steps", type=int, default=0, help="time this many training steps, not an epoch")
+    parser.add_argument(
+        "--op_profile", type=int, default=0, metavar="ROWS",
+        help="with --train_steps: profile those steps, print time per model part and the ROWS costliest operators",
+    )  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
+    if args.op_profile and not args.train_steps:
+        raise UsageError("--op_profile profiles training steps: give --train_steps=N too (e.g. --train_steps=50).")
     print(f"torch threads: {torch.get_num_threads()}")
     files = args.config_files.split() if args.config_files else []
     ratios: list[dict[str, Any]] = []
@@ -219,6 +304,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 measure_model(
                     spec.get("model_class", model), args.dataset, spec["config_files"] or None, spec["cmd_args"],
                     settings=spec["config_dict"], label=model, train_steps=args.train_steps,
+                    op_rows=args.op_profile,
                 )
             )  # fmt: skip
         ratios = [] if args.train_steps else relative_to(rows, "SASRec")
@@ -226,7 +312,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         sizes = [int(d) for d in args.hidden_sizes.split(",")] if args.hidden_sizes else [None]
         models = args.models.split(",")
         rows = [
-            measure_model(m, args.dataset, files or None, overrides, d, train_steps=args.train_steps)
+            measure_model(
+                m, args.dataset, files or None, overrides, d, train_steps=args.train_steps, op_rows=args.op_profile
+            )
             for d in sizes
             for m in models
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import toy_config, write_plan
 
 from acerec_recbole import speed
@@ -51,3 +52,49 @@ def test_speed_train_steps_reports_cpu_seconds_and_page_faults_per_step(plan_fil
     assert row["wall_s_per_step"] > 0 and row["user_s_per_step"] + row["kernel_s_per_step"] > 0
     assert row["minor_faults_per_step"] >= 0 and row["peak_rss_gib"] > 0
     assert "seconds_per_epoch" not in row  # steps, not an epoch
+
+
+def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
+    """The rows of the printed markdown table whose header starts with ``first_column``, by first cell."""
+    rows, inside = {}, False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_column:
+            inside = True
+        elif not line.startswith("|"):
+            inside = False
+        elif inside and not cells[0].startswith("---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_speed_op_profile_says_which_model_part_and_operator_the_steps_spend_time_on(plan_file, capsys):
+    speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--models=RPG", "--train_steps=4",
+                "--op_profile=5"])  # fmt: skip
+    out = capsys.readouterr().out
+
+    parts = {k: float(v[0]) for k, v in table_rows(out, "part").items()}
+    # the forward pass of RPG's own layers, each under its attribute name, then backward and optimiser
+    assert {"forward: encoder", "forward: heads", "forward: tokens"} <= parts.keys()
+    assert parts["forward: encoder"] > 0 and parts["backward"] > 0 and parts["optimiser step"] > 0
+    assert parts["forward: encoder"] + parts["backward"] < parts["everything (self time of all ranges)"]
+    operators = table_rows(out, "operator")
+    assert len(operators) == 5 and not any(name.startswith("part:") for name in operators)
+    assert any(name in operators for name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    shares = [float(v[2].rstrip("%")) for v in operators.values()]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
+
+
+def test_op_profile_leaves_no_hooks_behind():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with speed.op_profile(model, 3) as profile:
+        model(torch.randn(2, 4)).sum().backward()
+    assert profile is not None and any(e.key == "part:0" for e in profile.key_averages())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with speed.op_profile(model, 0) as nothing:
+        assert nothing is None
+
+
+def test_speed_op_profile_needs_train_steps(plan_file):
+    with pytest.raises(UsageError, match="--op_profile profiles training steps"):
+        speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--models=RPG", "--op_profile=5"])
