@@ -149,23 +149,20 @@ def op_profile(model: Any, op_rows: int) -> Iterator[Any]:
     if not op_rows:
         yield None
         return
-    open_ranges: dict[str, list[Any]] = {}
+    open_ranges: list[Any] = []  # forward calls nest, so the range to close is always the last one opened
 
     def enter(name: str) -> Any:
         def hook(module: Any, inputs: Any) -> None:
-            open_ranges.setdefault(name, []).append(torch.profiler.record_function(f"part:{name}").__enter__())
+            open_ranges.append(torch.profiler.record_function(f"part:{name}").__enter__())
 
         return hook
 
-    def leave(name: str) -> Any:
-        def hook(module: Any, inputs: Any, output: Any) -> None:
-            open_ranges[name].pop().__exit__(None, None, None)
-
-        return hook
+    def leave(module: Any, inputs: Any, output: Any) -> None:
+        open_ranges.pop().__exit__(None, None, None)
 
     handles = []
     for name, child in model.named_children():
-        handles += [child.register_forward_pre_hook(enter(name)), child.register_forward_hook(leave(name))]
+        handles += [child.register_forward_pre_hook(enter(name)), child.register_forward_hook(leave)]
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             yield profile
@@ -180,8 +177,7 @@ def print_op_profile(profile: Any, steps: int, rows: int) -> None:
     most self time, with their share of all self time (the part ranges' own Python time included)."""
     events = profile.key_averages()
     per_step = {e.key: e.cpu_time_total / 1000 / steps for e in events}
-    self_per_step = {e.key: e.self_cpu_time_total / 1000 / steps for e in events}
-    total = sum(self_per_step.values())
+    total = sum(e.self_cpu_time_total for e in events) / 1000 / steps
     parts = sorted(((k, v) for k, v in per_step.items() if k.startswith("part:")), key=lambda kv: -kv[1])
     # autograd runs one evaluate_function range per graph node, none nested in another: their inclusive sum
     backward = sum(v for k, v in per_step.items() if k.startswith("autograd::engine::evaluate_function"))

@@ -55,11 +55,10 @@ class BlendedScores(torch.nn.Module):
 
     def full_sort_predict(self, interaction):
         states = self.model.user_states(interaction)
-        logits = self.model.heads(states, self.model.tokens.table()).transpose(0, 1)  # (B, m, M)
-        log_probs = torch.log_softmax(self.scale * logits, dim=-1)
+        # log-probabilities differ from the logits by a per-digit constant: scaling either gives the same softmax
+        log_probs = torch.log_softmax(self.scale * self.model.digit_log_probs(states), dim=-1)
         if self.floor:
-            uniform = torch.full_like(log_probs, self.floor / log_probs.shape[-1])
-            log_probs = torch.logaddexp(log_probs + torch.log1p(torch.tensor(-self.floor)), uniform.log())
+            log_probs = torch.log((1 - self.floor) * log_probs.exp() + self.floor / log_probs.shape[-1])
         scores = holistic_scores(log_probs - self.alpha * self.code_log_prior, self.model.item_codes)
         if self.weight:
             phi = F.normalize(states, dim=-1) @ self.summaries.T / self.model.isa_temperature
