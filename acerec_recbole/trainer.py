@@ -7,7 +7,7 @@ standard trainer or any subclass that keeps its fit loop:
 
 - checkpoints written atomically (temporary file in the same folder, fsync, rename);
 - after every epoch, a training state beside the checkpoint (``<checkpoint>.state.pth``): model,
-  optimizer, schedule, epoch, best validation score and result, early-stopping counter, the epoch
+  optimizer, schedule, optimiser steps taken, epoch, best validation score and result, early-stopping counter, the epoch
   history, every random-number generator that training draws from, and the resolved config;
 - within long epochs, the same state every ``state_every_minutes`` (between two optimiser steps), so a
   kill loses minutes, not a whole epoch (an ml-1m SASRec epoch is ~30 min on one CPU core);
@@ -48,7 +48,7 @@ RESUME_IGNORED_KEYS = frozenset(
 )
 # Keys added to the package after runs had saved states, each with the value that trains as those runs
 # did: a saved config that lacks such a key counts as having that value, so the run can still be resumed.
-KEYS_ADDED_LATER = {"reconstruction_weight": 0.0}
+KEYS_ADDED_LATER = {"reconstruction_weight": 0.0, "mtp_temperature_start": None, "mtp_temperature_anneal_ratio": 0.1}
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0
 
@@ -174,6 +174,8 @@ class ResumableTrainerMixin:
         self.stopped = False
         self.finished = False
         self.last_epoch = -1
+        self.optimiser_steps = 0  # over the whole run: what per-step schedules are functions of
+        self.optimizer.register_step_post_hook(lambda *_: self._after_optimiser_step())
         self._pending_state: dict[str, Any] | None = None
         self._partial_epoch: dict[str, Any] | None = None  # where a resumed state stopped within an epoch
         minutes = config["state_every_minutes"]
@@ -214,6 +216,16 @@ class ResumableTrainerMixin:
         """A learning-rate scheduler stepped after every optimiser step, or None (RecBole's default)."""
         return None
 
+    def _after_optimiser_step(self) -> None:
+        self.optimiser_steps += 1
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.apply_step_schedules()
+
+    def apply_step_schedules(self) -> None:
+        """Set what depends on ``optimiser_steps`` besides the learning rate (before training starts or
+        resumes, and after every optimiser step); nothing here."""
+
     def _save_state(
         self, epoch: int, train_data: Any, partial_epoch: dict[str, Any] | None = None, rng: Any = None
     ) -> None:
@@ -232,6 +244,7 @@ class ResumableTrainerMixin:
             "model": self.config["model"],
             "epoch": epoch,
             "cur_step": self.cur_step,
+            "optimiser_steps": self.optimiser_steps,
             "best_valid_score": self.best_valid_score,
             "best_valid_result": dict(self.best_valid_result) if self.best_valid_result is not None else None,
             "stopped": self.stopped,
@@ -269,6 +282,7 @@ class ResumableTrainerMixin:
         self.start_epoch = state["epoch"] + 1
         self.last_epoch = state["epoch"]
         self.cur_step = state["cur_step"]
+        self.optimiser_steps = state.get("optimiser_steps", 0)  # states saved before it was counted: 0
         self.best_valid_score = state["best_valid_score"]
         self.best_valid_result = state["best_valid_result"]
         self.stopped, self.finished = state["stopped"], state["finished"]
@@ -312,6 +326,7 @@ class ResumableTrainerMixin:
                 self.optimizer.load_state_dict(self._pending_state["optimizer"])
             restore_random_states(self._rank_random_states(self._pending_state), train_data)
             self._pending_state = None
+        self.apply_step_schedules()
         self.eval_collector.data_collect(train_data)
         if self.config["train_neg_sample_args"].get("dynamic", False):
             train_data.get_model(self.model)
@@ -532,21 +547,41 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
+def annealed_temperature(start: float, end: float, anneal_steps: int):
+    """gamma after ``step`` optimiser steps: linear from ``start`` to ``end`` over ``anneal_steps``, then ``end``."""
+
+    def temperature(step: int) -> float:
+        if step >= anneal_steps:
+            return end
+        return start + (end - start) * step / anneal_steps
+
+    return temperature
+
+
 class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
     """``lr_scheduler: cosine`` (default for ACERec/RPG) or ``none``; ``warmup_ratio`` of all steps.
+    ``mtp_temperature_start``: gamma annealed from it to ``mtp_temperature`` over the first
+    ``mtp_temperature_anneal_ratio`` of all steps (a soft start against the collapse of the first epochs,
+    the sharp gamma for the rest); ~ keeps gamma fixed.
 
-    The schedule spans ``epochs`` x batches per epoch and advances after every optimiser step; early
-    stopping simply ends it sooner. Its position is part of the training state, so a resumed run
-    continues the same schedule.
+    Both schedules span ``epochs`` x batches per epoch and advance after every optimiser step; early
+    stopping simply ends them sooner. Their position is part of the training state, so a resumed run
+    continues the same schedules, and gamma is saved with every checkpoint.
     """
 
     def build_scheduler(self, train_data: Any) -> Any:
+        total = max(1, self.epochs * len(train_data))
+        start = self.config["mtp_temperature_start"]
+        self.temperature_schedule = None
+        if start is not None:
+            ratio = self.config["mtp_temperature_anneal_ratio"]
+            anneal = int(total * (0.1 if ratio is None else ratio))
+            self.temperature_schedule = annealed_temperature(float(start), self.config["mtp_temperature"], anneal)
         if (self.config["lr_scheduler"] or "none").lower() != "cosine":
             return None
-        total = max(1, self.epochs * len(train_data))
         warmup = max(1, int(total * (self.config["warmup_ratio"] or 0.0)))
-        scheduler = LambdaLR(self.optimizer, warmup_cosine(total, warmup))
-        if not getattr(self, "_schedule_hooked", False):
-            self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step() if self.scheduler else None)
-            self._schedule_hooked = True
-        return scheduler
+        return LambdaLR(self.optimizer, warmup_cosine(total, warmup))
+
+    def apply_step_schedules(self) -> None:
+        if getattr(self, "temperature_schedule", None) is not None:
+            self.model.mtp_temperature = self.temperature_schedule(self.optimiser_steps)

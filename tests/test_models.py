@@ -14,13 +14,41 @@ from recbole.utils.case_study import full_sort_topk
 from acerec_recbole import run
 from acerec_recbole.data import TARGET_SEQ_FIELD
 from acerec_recbole.data.dataset import training_windows
-from acerec_recbole.trainer import warmup_cosine
+from acerec_recbole.trainer import SemanticIDTrainer, annealed_temperature, load_checkpoint, warmup_cosine
 
 
 def test_warmup_cosine_schedule():
     factor = warmup_cosine(total_steps=100, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
+
+
+def test_annealed_temperature_goes_linearly_from_start_to_end_then_holds():
+    gamma = annealed_temperature(0.05, 0.03, anneal_steps=10)
+    assert gamma(0) == 0.05 and gamma(5) == pytest.approx(0.04) and gamma(9) == pytest.approx(0.032)
+    assert gamma(10) == 0.03 and gamma(1000) == 0.03
+    assert annealed_temperature(0.05, 0.03, anneal_steps=0)(0) == 0.03  # ratio 0: no annealing
+
+
+@pytest.mark.parametrize("start", [None, 0.1])
+def test_mtp_temperature_annealing_trains_each_step_at_its_gamma_and_checkpoints_carry_it(toy_data, sid_cache, start):
+    """Every optimiser step's loss sees the scheduled gamma; the best checkpoint keeps the gamma of its epoch,
+    and RecBole's own load_data_and_model restores it."""
+    settings = {"epochs": 2, "mtp_temperature_start": start, "mtp_temperature_anneal_ratio": 1.0}
+    config, _, (train, valid, _), model = build_pipeline("ACERec", toy_data, sid_cache, **settings)
+    seen, loss = [], model.calculate_loss
+    model.calculate_loss = lambda interaction: (seen.append(model.mtp_temperature), loss(interaction))[1]
+    trainer = SemanticIDTrainer(config, model)
+    trainer.fit(train, valid)
+    steps = 2 * len(train)
+    gamma = annealed_temperature(0.1, 0.03, steps) if start else (lambda step: 0.03)
+    assert trainer.optimiser_steps == steps
+    assert seen == pytest.approx([gamma(step) for step in range(steps)], abs=1e-12)
+    assert len(set(seen)) == (steps if start else 1) and model.mtp_temperature == 0.03
+    checkpoint = load_checkpoint(trainer.saved_model_file)
+    saved_gamma = checkpoint["other_parameter"]["mtp_temperature"]
+    assert saved_gamma == pytest.approx(gamma((checkpoint["epoch"] + 1) * len(train)), abs=1e-12)
+    assert load_data_and_model(trainer.saved_model_file)[1].mtp_temperature == saved_gamma
 
 
 def test_training_windows_use_every_target_once_and_cut_long_users():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_config
+from conftest import build_pipeline, toy_config
 
 from acerec_recbole import run
-from acerec_recbole.trainer import CheckpointError, config_differences, load_checkpoint
+from acerec_recbole.trainer import CheckpointError, SemanticIDTrainer, config_differences, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_ML100K = [
@@ -192,7 +192,7 @@ KILL_DURING_SECOND_SAVE = """
 import os, sys, torch
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
-from conftest import toy_config
+from conftest import build_pipeline, toy_config
 from acerec_recbole import run
 real_save, calls = torch.save, []
 def dying_save(obj, handle, *args, **kwargs):
@@ -246,3 +246,55 @@ def test_recbole_load_and_resume_work_in_a_fresh_process(tmp_path, toy_data, sid
     evaluated = ast.literal_eval(next(x for x in output.splitlines() if x.startswith("evaluate "))[9:])
     assert evaluated == {k: round(v, 4) for k, v in result["test_result"].items()}
     assert "resumed " in output
+
+
+class Interrupted(Exception):
+    """Stands in for a kill between two optimiser steps."""
+
+
+def test_a_run_interrupted_while_gamma_is_annealed_resumes_to_the_same_result(tmp_path, toy_data, sid_cache):
+    """``mtp_temperature_start``: the step count behind gamma's schedule is part of the training state, so a
+    run stopped within an epoch of the annealing continues it exactly (same losses and validation curve)."""
+    settings = {"epochs": 3, "mtp_temperature_start": 0.1, "mtp_temperature_anneal_ratio": 1.0}
+
+    def trainer(folder: str, every_minutes: float):
+        config, _, (train, valid, _), model = build_pipeline(
+            "ACERec",
+            toy_data,
+            sid_cache,
+            checkpoint_dir=str(tmp_path / folder),
+            state_every_minutes=every_minutes,
+            **settings,
+        )
+        return SemanticIDTrainer(config, model), train, valid
+
+    whole, train, valid = trainer("whole", 0)
+    whole.fit(train, valid)
+
+    stopped, train, valid = trainer("stopped", 1e-9)  # a state after every optimiser step
+    batches, loss = [], stopped.model.calculate_loss
+
+    def dies_in_the_second_epoch(interaction):
+        if len(batches) == len(train) + 1:
+            raise Interrupted
+        batches.append(1)
+        return loss(interaction)
+
+    stopped.model.calculate_loss = dies_in_the_second_epoch
+    with pytest.raises(Interrupted):
+        stopped.fit(train, valid)
+    state_file = Path(stopped.state_file)
+    state = load_checkpoint(state_file, required=("optimiser_steps",))
+    assert state["optimiser_steps"] == len(train) + 1 and state["partial_epoch"]["batches_done"] == 1
+    gamma = 0.1 - 0.07 * (len(train) + 1) / (3 * len(train))  # gamma after those steps
+    assert state["other_parameter"]["mtp_temperature"] == pytest.approx(gamma)
+
+    resumed, train, valid = trainer("stopped", 1e-9)  # a new trainer and model, as in a new process
+    resumed.resume(state_file)
+    resumed.fit(train, valid)
+    keys = ("epoch", "train_loss", "valid_score")
+    assert [tuple(h[k] for k in keys) for h in resumed.epoch_history] == [
+        tuple(h[k] for k in keys) for h in whole.epoch_history
+    ]
+    assert resumed.optimiser_steps == whole.optimiser_steps == 3 * len(train)
+    assert resumed.model.mtp_temperature == whole.model.mtp_temperature == 0.03

@@ -43,6 +43,8 @@ class SemanticIDRecommender(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = SemanticIDDataset
     plain = False
+    # saved with every checkpoint (RecBole's other_parameter): gamma may be annealed during training
+    other_parameter_name = ["mtp_temperature"]
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -77,6 +79,15 @@ class SemanticIDRecommender(SequentialRecommender):
         # of ACERec's normalised latents, so its encoder starts nearly blind to order
         std = config["position_init_std"]
         self.position_init_std = 0.02 if std is None else float(std)
+
+    @property
+    def mtp_temperature(self) -> float:
+        """gamma of the digit logits now; the trainer anneals it when ``mtp_temperature_start`` is set."""
+        return self.heads.temperature
+
+    @mtp_temperature.setter
+    def mtp_temperature(self, value: float) -> None:
+        self.heads.temperature = float(value)
 
     def _build_sequence_encoder(self, config: Any, block_size: int, anchor_is_separate: bool) -> None:
         """Input norm and dropout, the block-causal Transformer and the output norm.
