@@ -135,6 +135,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "isa_temperature": _number(0, low_open=True),
     "mtp_temperature": _number(0, low_open=True),
     "mtp_temperature_start": _number(0, low_open=True),
+    "mtp_label_smoothing": _number(0, 1),
     "mtp_temperature_anneal_ratio": _number(0, 1, high_open=False),
     "popularity_beta": _number(0),
     "position_init_std": _number(0),

@@ -48,7 +48,12 @@ RESUME_IGNORED_KEYS = frozenset(
 )
 # Keys added to the package after runs had saved states, each with the value that trains as those runs
 # did: a saved config that lacks such a key counts as having that value, so the run can still be resumed.
-KEYS_ADDED_LATER = {"reconstruction_weight": 0.0, "mtp_temperature_start": None, "mtp_temperature_anneal_ratio": 0.1}
+KEYS_ADDED_LATER = {
+    "reconstruction_weight": 0.0,
+    "mtp_temperature_start": None,
+    "mtp_temperature_anneal_ratio": 0.1,
+    "mtp_label_smoothing": 0.0,
+}
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0
 

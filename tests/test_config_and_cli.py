@@ -195,6 +195,10 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
         ({"mtp_temperature_start": -0.1}, "mtp_temperature_start=-0.1 is not allowed: mtp_temperature_start must be a"),
         ({"mtp_temperature_anneal_ratio": 1.5}, "mtp_temperature_anneal_ratio=1.5 is not allowed"),
         (
+            {"mtp_label_smoothing": 1},
+            "mtp_label_smoothing=1 is not allowed: mtp_label_smoothing must be a number >= 0 and < 1",
+        ),
+        (
             {"hidden_dropout_prob": 1.0},
             "hidden_dropout_prob=1.0 is not allowed: hidden_dropout_prob must be a number >= 0 and < 1",
         ),

@@ -157,6 +157,24 @@ def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring
         assert torch.equal(adjusted.full_sort_predict(interaction), plain.full_sort_predict(interaction))
 
 
+@pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
+def test_mtp_label_smoothing_mixes_each_digits_cross_entropy_with_the_mean_over_codes(toy_data, sid_cache, model_name):
+    _, _, (train, _, _), plain = build_pipeline(model_name, toy_data, sid_cache, mtp_logit_adjustment=0.5)
+    _, _, _, smoothed = build_pipeline(
+        model_name, toy_data, sid_cache, mtp_logit_adjustment=0.5, mtp_label_smoothing=0.2
+    )
+    smoothed.load_state_dict(plain.state_dict())
+    plain.eval(), smoothed.eval()
+    with torch.no_grad():
+        states, targets = plain.training_states(next(iter(train)))
+        logits = plain.heads(states, plain.tokens.table()) + 0.5 * plain.code_log_prior.unsqueeze(1)
+        log_p = torch.log_softmax(logits, dim=-1)  # (m, N, M)
+        true = -log_p.gather(2, plain.item_codes[targets].T.unsqueeze(-1)).mean()
+        uniform = -log_p.mean()
+        assert float(plain.token_loss(states, targets)) == pytest.approx(float(true), rel=1e-5)
+        assert float(smoothed.token_loss(states, targets)) == pytest.approx(float(0.8 * true + 0.2 * uniform), rel=1e-5)
+
+
 def test_reconstruction_weight_adds_the_v2_loss_that_rebuilds_each_items_tokens_from_its_latents(toy_data, sid_cache):
     _, _, (train, _, _), plain = build_pipeline("ACERec", toy_data, sid_cache)
     _, _, _, model = build_pipeline("ACERec", toy_data, sid_cache, reconstruction_weight=0.5)

@@ -74,6 +74,9 @@ class SemanticIDRecommender(SequentialRecommender):
             code_log_prior(self.item_codes, dataset.item_train_counts, self.codebook_size),
             persistent=False,  # rebuilt from the dataset: checkpoints stay as they were
         )
+        # label smoothing of each digit's cross-entropy: an item's score sums m digit log-probabilities, so
+        # one over-confident digit can bury an item; smoothing bounds how far a wrong digit pushes its logit
+        self.mtp_label_smoothing = float(config["mtp_label_smoothing"] or 0.0)
         self._catalogue_cache: tuple[Any, torch.Tensor] | None = None
         # std of the position embeddings at initialisation: at 0.02 (RecBole's and RPG's habit) they are ~2 %
         # of ACERec's normalised latents, so its encoder starts nearly blind to order
@@ -201,7 +204,7 @@ class SemanticIDRecommender(SequentialRecommender):
         logits = self.heads(states, self.tokens.table())
         if self.mtp_logit_adjustment:
             logits = logits + self.mtp_logit_adjustment * self.code_log_prior.unsqueeze(1)
-        return multi_token_prediction_loss(logits, self.item_codes[target_items])
+        return multi_token_prediction_loss(logits, self.item_codes[target_items], self.mtp_label_smoothing)
 
     # --------------------------------------------------------------------------------------- inference
 

@@ -308,9 +308,13 @@ class ParallelDigitHeads(nn.Module):
         return torch.bmm(F.normalize(projected, dim=-1), table.transpose(1, 2))
 
 
-def multi_token_prediction_loss(logits: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+def multi_token_prediction_loss(
+    logits: torch.Tensor, target_codes: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Mean over digits and positions of the M-way cross-entropy: logits (m, N, M), targets (N, m)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_codes.T.reshape(-1))
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target_codes.T.reshape(-1), label_smoothing=label_smoothing
+    )
 
 
 def code_log_prior(item_codes: torch.Tensor, item_counts: torch.Tensor, codebook_size: int) -> torch.Tensor:
