@@ -7,8 +7,9 @@ standard trainer or any subclass that keeps its fit loop:
 
 - checkpoints written atomically (temporary file in the same folder, fsync, rename);
 - after every epoch, a training state beside the checkpoint (``<checkpoint>.state.pth``): model,
-  optimizer, schedule, optimiser steps taken, epoch, best validation score and result, early-stopping counter, the epoch
-  history, every random-number generator that training draws from, and the resolved config;
+  optimizer, schedule, optimiser steps taken, epoch, best validation score and result, early-stopping
+  counter, the epoch history, every random-number generator that training draws from, and the resolved
+  config;
 - within long epochs, the same state every ``state_every_minutes`` (between two optimiser steps), so a
   kill loses minutes, not a whole epoch (an ml-1m SASRec epoch is ~30 min on one CPU core);
 - ``resume(state_file)``, after which ``fit`` continues where the state was saved exactly as the
