@@ -575,6 +575,8 @@ class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
     continues the same schedules, and gamma is saved with every checkpoint.
     """
 
+    temperature_schedule: Any = None  # gamma by optimiser step, set by build_scheduler when gamma is annealed
+
     def build_scheduler(self, train_data: Any) -> Any:
         total = max(1, self.epochs * len(train_data))
         start = self.config["mtp_temperature_start"]
@@ -589,5 +591,5 @@ class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
         return LambdaLR(self.optimizer, warmup_cosine(total, warmup))
 
     def apply_step_schedules(self) -> None:
-        if getattr(self, "temperature_schedule", None) is not None:
+        if self.temperature_schedule is not None:
             self.model.mtp_temperature = self.temperature_schedule(self.optimiser_steps)

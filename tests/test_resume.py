@@ -192,7 +192,7 @@ KILL_DURING_SECOND_SAVE = """
 import os, sys, torch
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
-from conftest import build_pipeline, toy_config
+from conftest import toy_config
 from acerec_recbole import run
 real_save, calls = torch.save, []
 def dying_save(obj, handle, *args, **kwargs):
