@@ -140,6 +140,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "popularity_beta": _number(0),
     "position_init_std": _number(0),
     "warmup_ratio": _number(0, 1, high_open=False),
+    "ema_decay": _number(0, 1),
     "sid_num_digits": _integer(1),
     "sid_codebook_size": _one_of(2, 4, 8, 16, 32, 64, 128, 256),
     "sid_opq_iters": _integer(0),

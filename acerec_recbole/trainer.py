@@ -13,7 +13,10 @@ standard trainer or any subclass that keeps its fit loop:
 - within long epochs, the same state every ``state_every_minutes`` (between two optimiser steps), so a
   kill loses minutes, not a whole epoch (an ml-1m SASRec epoch is ~30 min on one CPU core);
 - ``resume(state_file)``, after which ``fit`` continues where the state was saved exactly as the
-  uninterrupted run would have (same batches, same dropout masks).
+  uninterrupted run would have (same batches, same dropout masks);
+- with ``ema_decay``, an exponential moving average of the weights, updated after every optimiser step and
+  part of the training state: validation, the best-model checkpoint and the model after ``fit`` use the
+  average, training goes on with the raw weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import random
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,7 @@ KEYS_ADDED_LATER = {
     "mtp_temperature_start": None,
     "mtp_temperature_anneal_ratio": 0.1,
     "mtp_label_smoothing": 0.0,
+    "ema_decay": None,
 }
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0
@@ -181,6 +187,10 @@ class ResumableTrainerMixin:
         self.finished = False
         self.last_epoch = -1
         self.optimiser_steps = 0  # over the whole run: what per-step schedules are functions of
+        self.ema_decay = None if config["ema_decay"] is None else float(config["ema_decay"])
+        self.averaged_weights: dict[str, torch.Tensor] | None = None  # with ema_decay: the weights' average
+        if self.ema_decay is not None:
+            self.averaged_weights = {name: p.detach().clone() for name, p in self._trained_parameters()}
         self.optimizer.register_step_post_hook(lambda *_: self._after_optimiser_step())
         self._pending_state: dict[str, Any] | None = None
         self._partial_epoch: dict[str, Any] | None = None  # where a resumed state stopped within an epoch
@@ -227,6 +237,42 @@ class ResumableTrainerMixin:
         if self.scheduler is not None:
             self.scheduler.step()
         self.apply_step_schedules()
+        if self.averaged_weights is not None:
+            self._update_weight_average()
+
+    # ------------------------------------------------------------------------------ weight average
+
+    def _trained_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def _update_weight_average(self) -> None:
+        """avg <- d avg + (1 - d) w, with d = min(ema_decay, (1 + n) / (10 + n)) after n steps: the first
+        steps' weights, still near the initialisation, fade out quickly instead of lingering for 1 / (1 - d)."""
+        n = self.optimiser_steps
+        keep = min(self.ema_decay, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            for name, p in self._trained_parameters():
+                self.averaged_weights[name].lerp_(p.detach(), 1.0 - keep)
+
+    @contextmanager
+    def averaged_weights_in_model(self) -> Iterator[None]:
+        """Within the block the model holds the averaged weights (nothing changes without ``ema_decay``);
+        the raw weights come back after it, for training to go on with."""
+        if self.averaged_weights is None:
+            yield
+            return
+        raw = {name: p.detach().clone() for name, p in self._trained_parameters()}
+        self._copy_into_model(self.averaged_weights)
+        try:
+            yield
+        finally:
+            self._copy_into_model(raw)
+
+    def _copy_into_model(self, weights: dict[str, torch.Tensor]) -> None:
+        # in place: the optimizer keeps its parameters, and their version counters tell caches they changed
+        with torch.no_grad():
+            for name, p in self._trained_parameters():
+                p.copy_(weights[name])
 
     def apply_step_schedules(self) -> None:
         """Set what depends on ``optimiser_steps`` besides the learning rate (before training starts or
@@ -260,6 +306,7 @@ class ResumableTrainerMixin:
             "train_loss_dict": dict(self.train_loss_dict),
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
+            "averaged_weights": self.averaged_weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng,
@@ -284,6 +331,10 @@ class ResumableTrainerMixin:
             )
         self.model.load_state_dict(state["state_dict"])
         self.model.load_other_parameter(state.get("other_parameter"))
+        if self.ema_decay is not None:
+            if state.get("averaged_weights") is None:
+                raise CheckpointError(f"Cannot resume from {state_file}: it has no weight average (ema_decay).")
+            self.averaged_weights = {name: w.clone() for name, w in state["averaged_weights"].items()}
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = state["epoch"] + 1
         self.last_epoch = state["epoch"]
@@ -358,9 +409,11 @@ class ResumableTrainerMixin:
             }
             if self.eval_step <= 0 or not valid_data:
                 if saved:
-                    self._save_checkpoint(epoch_idx, verbose=verbose)
+                    with self.averaged_weights_in_model():
+                        self._save_checkpoint(epoch_idx, verbose=verbose)
             elif (epoch_idx + 1) % self.eval_step == 0:
-                self._validate(epoch_idx, valid_data, entry, verbose, saved, show_progress, callback_fn)
+                with self.averaged_weights_in_model():
+                    self._validate(epoch_idx, valid_data, entry, verbose, saved, show_progress, callback_fn)
             self.epoch_history.append(entry)
             self.last_epoch = epoch_idx
             if verbose and len(self.epoch_history) == 1 and self.epochs - epoch_idx > 1:
@@ -379,6 +432,8 @@ class ResumableTrainerMixin:
         self.finished = True
         if saved and self.last_epoch >= 0:
             self._save_state(self.last_epoch, train_data)
+        if self.averaged_weights is not None:
+            self._copy_into_model(self.averaged_weights)  # the trained model is the average
         self._add_hparam_to_tensorboard(self.best_valid_score)
         return self.best_valid_score, self.best_valid_result
 
