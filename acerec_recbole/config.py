@@ -139,6 +139,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "mtp_label_smoothing": _number(0, 1),
     "popularity_beta": _number(0),
     "position_init_std": _number(0),
+    "token_init_std": _number(0, low_open=True),
     "warmup_ratio": _number(0, 1, high_open=False),
     "ema_decay": _number(0, 1),
     "sid_num_digits": _integer(1),

@@ -60,6 +60,7 @@ KEYS_ADDED_LATER = {
     "mtp_temperature_anneal_ratio": 0.1,
     "mtp_label_smoothing": 0.0,
     "ema_decay": None,
+    "token_init_std": 0.02,
 }
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0

@@ -194,6 +194,7 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
         ({"isa_temperature": 0.0}, "isa_temperature=0.0 is not allowed"),
         ({"mtp_temperature_start": -0.1}, "mtp_temperature_start=-0.1 is not allowed: mtp_temperature_start must be a"),
         ({"mtp_temperature_anneal_ratio": 1.5}, "mtp_temperature_anneal_ratio=1.5 is not allowed"),
+        ({"token_init_std": 0}, "token_init_std=0 is not allowed: token_init_std must be a number > 0"),
         ({"ema_decay": 1.0}, "ema_decay=1.0 is not allowed: ema_decay must be a number >= 0 and < 1"),
         (
             {"mtp_label_smoothing": 1},

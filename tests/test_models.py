@@ -133,6 +133,31 @@ def test_position_init_std_sets_how_much_order_the_inputs_carry_at_initialisatio
         assert share[0.02] < 0.1 < 0.5 < share[1.0], share
 
 
+def test_token_init_std_scales_the_token_table_and_acerec_scores_do_not_depend_on_that_scale(toy_data, sid_cache):
+    """The same draws, scaled; ACERec's scores unchanged (LayerNorm at the input, cosine at the output), so
+    the std only changes how far each optimiser step moves the tokens relative to their size (up to LayerNorm's
+    eps, which weighs 0.1 % at std 0.1 and about 1 % at 0.02)."""
+    models = {}
+    for std in (0.1, 0.5):
+        _, _, (_, valid, _), models[std] = build_pipeline(
+            "ACERec", toy_data, sid_cache, hidden_size=64, token_init_std=std
+        )
+    small, large = models[0.1], models[0.5]
+    torch.testing.assert_close(large.tokens.weight, small.tokens.weight * 5)
+    assert float(small.tokens.weight.std()) == pytest.approx(0.1, rel=0.05)
+    others = [(n, p) for n, p in small.state_dict().items() if n != "tokens.weight"]
+    assert all(torch.equal(p, large.state_dict()[n]) for n, p in others)
+    small.eval(), large.eval()
+    interaction = next(iter(valid))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            large.full_sort_predict(interaction),
+            small.full_sort_predict(interaction),
+            rtol=2e-3,
+            atol=1e-3,  # LayerNorm eps: not exactly scale-free
+        )
+
+
 @pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
 def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring_alone(toy_data, sid_cache, model_name):
     _, _, (train, valid, _), plain = build_pipeline(model_name, toy_data, sid_cache)

@@ -63,7 +63,13 @@ class SemanticIDRecommender(SequentialRecommender):
         self.register_buffer("item_codes", codes.clone())
         # the trained OPQ travels with the checkpoint: items added after training get codes from it
         self.register_buffer("sid_quantiser", torch.as_tensor(dataset.semantic_quantiser.to_array()))
-        self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size)
+        # std of the token table at initialisation. ACERec's forward pass does not depend on the tokens' scale
+        # (LayerNorm at the input, cosine logits at the output), so this sets how far Adam's steps (~ lr per
+        # entry) move the tokens relative to their size: at 0.02 and lr 0.0027, about 13 % per step
+        std = config["token_init_std"]
+        self.tokens = SemanticTokenEmbedding(
+            self.num_digits, self.codebook_size, self.hidden_size, 0.02 if std is None else float(std)
+        )
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
         # logit adjustment of the MTP loss (Menon et al., ICLR 2021): train on logits + alpha * log prior of
         # each code, score with the plain logits, so codes common among popular items weigh less at

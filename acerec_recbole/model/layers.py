@@ -13,10 +13,10 @@ from torch import nn
 class SemanticTokenEmbedding(nn.Module):
     """One learned vector per (digit, code) pair: an (m * M) x d table, used at input and tied output."""
 
-    def __init__(self, num_digits: int, codebook_size: int, hidden_size: int) -> None:
+    def __init__(self, num_digits: int, codebook_size: int, hidden_size: int, init_std: float = 0.02) -> None:
         super().__init__()
         self.num_digits, self.codebook_size = num_digits, codebook_size
-        self.weight = nn.Parameter(torch.randn(num_digits * codebook_size, hidden_size) * 0.02)
+        self.weight = nn.Parameter(torch.randn(num_digits * codebook_size, hidden_size) * init_std)
         self.register_buffer("digit_offsets", torch.arange(num_digits) * codebook_size, persistent=False)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
