@@ -70,7 +70,7 @@ def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
 
 def test_speed_op_profile_says_which_model_part_and_operator_the_steps_spend_time_on(plan_file, capsys):
     speed.main(["--dataset=toyshop", f"--plan={plan_file}", "--profile=cpu", "--models=RPG", "--train_steps=4",
-                "--op_profile=5"])  # fmt: skip
+                "--op_profile=12"])  # fmt: skip
     out = capsys.readouterr().out
 
     parts = {k: float(v[0]) for k, v in table_rows(out, "part").items()}
@@ -79,7 +79,8 @@ def test_speed_op_profile_says_which_model_part_and_operator_the_steps_spend_tim
     assert parts["forward: encoder"] > 0 and parts["backward"] > 0 and parts["optimiser step"] > 0
     assert parts["forward: encoder"] + parts["backward"] < parts["everything (self time of all ranges)"]
     operators = table_rows(out, "operator")
-    assert len(operators) == 5 and not any(name.startswith("part:") for name in operators)
+    assert len(operators) == 12 and all(name.startswith("aten::") for name in operators)
+    # a matrix product among them (12, not fewer: on a loaded machine LayerNorm and GELU can outweigh it)
     assert any(name in operators for name in ("aten::mm", "aten::addmm", "aten::bmm"))
     shares = [float(v[2].rstrip("%")) for v in operators.values()]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
