@@ -587,13 +587,27 @@ def resumable(trainer_class: type) -> type:
     def refuse(self: Any, state_file: Any) -> None:
         raise CheckpointError(f"{trainer_class.__name__} has its own fit loop: resuming it is not supported.")
 
+    def init(self: Any, config: Any, model: Any) -> None:
+        if config["ema_decay"] is not None:  # its fit loop would ignore the key: say so instead
+            raise UsageError(
+                f"ema_decay={config['ema_decay']!r} is not supported with {config['model']}: its trainer "
+                f"({trainer_class.__name__}) has its own fit loop, which keeps no weight average. Unset ema_decay."
+            )
+        trainer_class.__init__(self, config, model)
+
     def atomic_save(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         ResumableTrainerMixin._save_checkpoint(self, epoch, verbose, **kwargs)
 
     return type(
         trainer_class.__name__,
         (trainer_class,),
-        {"__module__": __name__, "resume": refuse, "_save_checkpoint": atomic_save, "epoch_history": []},
+        {
+            "__module__": __name__,
+            "__init__": init,
+            "resume": refuse,
+            "_save_checkpoint": atomic_save,
+            "epoch_history": [],
+        },
     )
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import build_pipeline
 
-from acerec_recbole.trainer import SemanticIDTrainer, load_checkpoint
+from acerec_recbole.errors import UsageError
+from acerec_recbole.trainer import SemanticIDTrainer, load_checkpoint, resumable
 
 
 def make_trainer(tmp_path: Path, folder: str, toy_data: Path, sid_cache: Path, **settings):
@@ -105,3 +106,11 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_average(tmp_path, toy_d
     ]
     for name, value in whole.averaged_weights.items():
         assert torch.equal(resumed.averaged_weights[name], value)
+
+
+def test_a_trainer_with_its_own_fit_loop_refuses_the_average_instead_of_ignoring_it(toy_data, sid_cache):
+    from recbole.trainer import NCLTrainer  # RecBole's NCL trainer replaces the fit loop
+
+    config, _, _, model = build_pipeline("SASRec", toy_data, sid_cache, ema_decay=0.99)
+    with pytest.raises(UsageError, match="ema_decay=0.99 is not supported with SASRec: its trainer \\(NCLTrainer\\)"):
+        resumable(NCLTrainer)(config, model)
