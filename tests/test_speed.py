@@ -79,7 +79,7 @@ def test_speed_op_profile_says_which_model_part_and_operator_the_steps_spend_tim
     assert parts["forward: encoder"] > 0 and parts["backward"] > 0 and parts["optimiser step"] > 0
     assert parts["forward: encoder"] + parts["backward"] < parts["everything (self time of all ranges)"]
     operators = table_rows(out, "operator")
-    assert len(operators) == 12 and all(name.startswith("aten::") for name in operators)
+    assert len(operators) == 12 and not any(name.startswith("part:") for name in operators)
     # a matrix product among them (12, not fewer: on a loaded machine LayerNorm and GELU can outweigh it)
     assert any(name in operators for name in ("aten::mm", "aten::addmm", "aten::bmm"))
     shares = [float(v[2].rstrip("%")) for v in operators.values()]
