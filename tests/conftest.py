@@ -95,6 +95,25 @@ def toy_config(data_path: Path, cache_dir: Path, name: str = "toyshop", **overri
     return config
 
 
+class Interrupted(Exception):
+    """Stands in for a kill between two optimiser steps."""
+
+
+def fit_until_killed(trainer, train, valid, batches: int) -> None:
+    """``trainer.fit`` stopped as a kill would stop it: after ``batches`` optimiser steps, before the next."""
+    done, loss = [], trainer.model.calculate_loss
+
+    def dies(interaction):
+        if len(done) == batches:
+            raise Interrupted
+        done.append(1)
+        return loss(interaction)
+
+    trainer.model.calculate_loss = dies
+    with pytest.raises(Interrupted):
+        trainer.fit(train, valid)
+
+
 def write_plan(path: Path, shared: dict, models: list[str], seeds: list[int], sections: dict[str, dict]) -> Path:
     """A benchmark plan file with one `cpu` profile: `shared` for every model, `sections` by model or variant name."""
     shared = {key: value for key, value in shared.items() if key != "seed"}

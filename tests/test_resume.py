@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pipeline, toy_config
+from conftest import build_pipeline, fit_until_killed, toy_config
 
 from acerec_recbole import run
 from acerec_recbole.trainer import CheckpointError, SemanticIDTrainer, config_differences, load_checkpoint
@@ -248,10 +248,6 @@ def test_recbole_load_and_resume_work_in_a_fresh_process(tmp_path, toy_data, sid
     assert "resumed " in output
 
 
-class Interrupted(Exception):
-    """Stands in for a kill between two optimiser steps."""
-
-
 def test_a_run_interrupted_while_gamma_is_annealed_resumes_to_the_same_result(tmp_path, toy_data, sid_cache):
     """``mtp_temperature_start``: the step count behind gamma's schedule is part of the training state, so a
     run stopped within an epoch of the annealing continues it exactly (same losses and validation curve)."""
@@ -272,17 +268,7 @@ def test_a_run_interrupted_while_gamma_is_annealed_resumes_to_the_same_result(tm
     whole.fit(train, valid)
 
     stopped, train, valid = trainer("stopped", 1e-9)  # a state after every optimiser step
-    batches, loss = [], stopped.model.calculate_loss
-
-    def dies_in_the_second_epoch(interaction):
-        if len(batches) == len(train) + 1:
-            raise Interrupted
-        batches.append(1)
-        return loss(interaction)
-
-    stopped.model.calculate_loss = dies_in_the_second_epoch
-    with pytest.raises(Interrupted):
-        stopped.fit(train, valid)
+    fit_until_killed(stopped, train, valid, len(train) + 1)  # in the second epoch
     state_file = Path(stopped.state_file)
     state = load_checkpoint(state_file, required=("optimiser_steps",))
     assert state["optimiser_steps"] == len(train) + 1 and state["partial_epoch"]["batches_done"] == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pipeline
+from conftest import build_pipeline, fit_until_killed
 
 from acerec_recbole.errors import UsageError
 from acerec_recbole.trainer import SemanticIDTrainer, load_checkpoint, resumable
@@ -75,27 +75,13 @@ def test_validation_and_the_best_checkpoint_use_the_average(tmp_path, toy_data, 
     assert result["ndcg@10"] == pytest.approx(best_score)
 
 
-class Interrupted(Exception):
-    """Stands in for a kill between two optimiser steps."""
-
-
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_average(tmp_path, toy_data, sid_cache):
     settings = {"epochs": 3, "ema_decay": 0.95}
     whole, train, valid = make_trainer(tmp_path, "whole", toy_data, sid_cache, state_every_minutes=0, **settings)
     whole.fit(train, valid)
 
     stopped, train, valid = make_trainer(tmp_path, "stopped", toy_data, sid_cache, state_every_minutes=1e-9, **settings)
-    batches, loss = [], stopped.model.calculate_loss
-
-    def dies_in_the_second_epoch(interaction):
-        if len(batches) == len(train) + 2:
-            raise Interrupted
-        batches.append(1)
-        return loss(interaction)
-
-    stopped.model.calculate_loss = dies_in_the_second_epoch
-    with pytest.raises(Interrupted):
-        stopped.fit(train, valid)
+    fit_until_killed(stopped, train, valid, len(train) + 2)  # in the second epoch
 
     resumed, train, valid = make_trainer(tmp_path, "stopped", toy_data, sid_cache, state_every_minutes=1e-9, **settings)
     resumed.resume(stopped.state_file)
