@@ -61,6 +61,8 @@ KEYS_ADDED_LATER = {
     "mtp_label_smoothing": 0.0,
     "ema_decay": None,
     "token_init_std": 0.02,
+    "attn_qk_norm": False,
+    "adam_beta2": None,
 }
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0
@@ -232,6 +234,9 @@ class ResumableTrainerMixin:
     def build_scheduler(self, train_data: Any) -> Any:
         """A learning-rate scheduler stepped after every optimiser step, or None (RecBole's default)."""
         return None
+
+    def _build_optimizer(self, **kwargs: Any) -> Any:
+        return with_adam_beta2(super()._build_optimizer(**kwargs), self.config)
 
     def _after_optimiser_step(self) -> None:
         self.optimiser_steps += 1
@@ -573,6 +578,25 @@ class ReplayedLoader:
         return getattr(self._loader, name)
 
 
+def with_adam_beta2(optimizer: Any, config: Any) -> Any:
+    """``optimizer`` with Adam's second-moment decay set to ``adam_beta2`` (~: the optimiser's own).
+
+    RecBole builds its optimisers with torch's default betas; a lower beta2 (e.g. 0.98) lets the step-size
+    estimate follow sudden gradient bursts sooner, so a burst after a calm stretch moves the weights less.
+    """
+    beta2 = config["adam_beta2"]
+    if beta2 is None:
+        return optimizer
+    if not all("betas" in group for group in optimizer.param_groups):
+        raise UsageError(
+            f"adam_beta2={beta2!r} needs an Adam-type optimiser, but learner={config['learner']!r} has no betas. "
+            "Use learner: adam or adamw, or unset adam_beta2."
+        )
+    for group in optimizer.param_groups:
+        group["betas"] = (group["betas"][0], float(beta2))
+    return optimizer
+
+
 def resumable(trainer_class: type) -> type:
     """``trainer_class`` with atomic checkpoints, per-epoch training states and ``resume``.
 
@@ -598,6 +622,9 @@ def resumable(trainer_class: type) -> type:
     def atomic_save(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         ResumableTrainerMixin._save_checkpoint(self, epoch, verbose, **kwargs)
 
+    def build_optimizer(self: Any, **kwargs: Any) -> Any:
+        return with_adam_beta2(trainer_class._build_optimizer(self, **kwargs), self.config)
+
     return type(
         trainer_class.__name__,
         (trainer_class,),
@@ -606,6 +633,7 @@ def resumable(trainer_class: type) -> type:
             "__init__": init,
             "resume": refuse,
             "_save_checkpoint": atomic_save,
+            "_build_optimizer": build_optimizer,
             "epoch_history": [],
         },
     )

@@ -13,7 +13,7 @@ from conftest import build_pipeline
 from acerec_recbole.model.layers import TransformerBlock, length_classes
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
-VARIANTS = [("ACERec", {}), ("ACERec", {"anchor": "last"}), ("RPG", {})]
+VARIANTS = [("ACERec", {}), ("ACERec", {"anchor": "last"}), ("ACERec", {"attn_qk_norm": True}), ("RPG", {})]
 
 
 def test_length_classes_partition_rows_by_power_of_two_length_or_finer():
@@ -28,10 +28,11 @@ def test_length_classes_partition_rows_by_power_of_two_length_or_finer():
     assert [(c[0], c[-1]) for c in finer] == [*expected, (47, 50)]
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_a_layer_computed_at_some_positions_equals_the_full_layer_there(per_row):
+def test_a_layer_computed_at_some_positions_equals_the_full_layer_there(per_row, qk_norm):
     torch.manual_seed(0)
-    layer = TransformerBlock(hidden_size=16, num_heads=2, inner_size=32, residual_dropout=0.0, attn_dropout=0.0)
+    layer = TransformerBlock(16, 2, 32, residual_dropout=0.0, attn_dropout=0.0, qk_norm=qk_norm)
     x = torch.randn(3, 12, 16)
     allowed = torch.ones(12, 12, dtype=torch.bool).tril()
     full = layer(x, allowed)

@@ -10,6 +10,7 @@ from acerec_recbole.model.layers import (
     AttentiveTokenMerger,
     ParallelDigitHeads,
     SemanticTokenEmbedding,
+    TransformerBlock,
     block_causal_mask,
     holistic_scores,
     holistic_topk,
@@ -51,6 +52,22 @@ def test_atm_output_shape_and_dependence_on_the_items_tokens():
     after = merger(changed, summary)
     assert not torch.allclose(after[2], latents[2])
     assert torch.allclose(after[[0, 1, 3, 4]], latents[[0, 1, 3, 4]])  # other items untouched
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_the_query_and_key_projections(qk_norm):
+    torch.manual_seed(0)
+    layer = TransformerBlock(16, 2, 32, residual_dropout=0.0, attn_dropout=0.0, qk_norm=qk_norm).eval()
+    x, allowed = torch.randn(3, 10, 16), torch.ones(10, 10, dtype=torch.bool).tril()
+    before = layer(x, allowed)
+    with torch.no_grad():  # queries and keys 30 x larger, values as they were
+        layer.qkv.weight[:32] *= 30.0
+        layer.qkv.bias[:32] *= 30.0
+    after = layer(x, allowed)
+    if qk_norm:
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    else:
+        assert not torch.allclose(after, before, atol=1e-2)
 
 
 def test_holistic_scores_equal_brute_force():

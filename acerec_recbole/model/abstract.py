@@ -102,7 +102,8 @@ class SemanticIDRecommender(SequentialRecommender):
         """Input norm and dropout, the block-causal Transformer and the output norm.
 
         ``hidden_dropout_prob`` drops encoder inputs, ``attn_dropout_prob`` attention weights and
-        ``residual_dropout_prob`` (default: hidden_dropout_prob) the residual and FFN branches.
+        ``residual_dropout_prob`` (default: hidden_dropout_prob) the residual and FFN branches;
+        ``attn_qk_norm`` normalises each head's queries and keys.
         """
         residual_dropout = config["residual_dropout_prob"]
         if residual_dropout is None:
@@ -117,6 +118,7 @@ class SemanticIDRecommender(SequentialRecommender):
             config["inner_size"],
             residual_dropout,
             config["attn_dropout_prob"],
+            bool(config["attn_qk_norm"]),
         )
         self.output_norm = nn.LayerNorm(self.hidden_size)
         self.register_buffer(

@@ -213,13 +213,21 @@ class TransformerBlock(nn.Module):
     """Pre-LN Transformer layer on ``scaled_dot_product_attention`` (fused kernels, incl. on CPU).
 
     ``residual_dropout`` acts on the attention and FFN branches, ``attn_dropout`` on attention weights
-    (attention-weight dropout forces the unfused kernel on CPU). With ``queries`` the layer is computed
+    (attention-weight dropout forces the unfused kernel on CPU). ``qk_norm`` LayerNorms each head's queries
+    and keys before their dot product, so the attention logits cannot grow with the projections' scale (a
+    common remedy for loss spikes from runaway attention logits). With ``queries`` the layer is computed
     only at those positions (keys and values still come from every position): the last layer of a
     model that reads out one position per block or per user need not compute the others.
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, inner_size: int, residual_dropout: float, attn_dropout: float
+        self,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        residual_dropout: float,
+        attn_dropout: float,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
@@ -227,6 +235,9 @@ class TransformerBlock(nn.Module):
         self.num_heads, self.attn_dropout = num_heads, attn_dropout
         self.norm_attn = nn.LayerNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        head_size = hidden_size // num_heads
+        self.q_norm = nn.LayerNorm(head_size) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_size) if qk_norm else nn.Identity()
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.norm_ffn = nn.LayerNorm(hidden_size)
         self.ffn = nn.Sequential(
@@ -259,7 +270,7 @@ class TransformerBlock(nn.Module):
             q = F.linear(h_query, w_q, b_q).view(batch, -1, self.num_heads, d // self.num_heads).transpose(1, 2)
             k, v = F.linear(h, w_kv, b_kv).view(batch, length, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+            self.q_norm(q), self.k_norm(k), v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         x = residual + self.residual_dropout(self.out_proj(attended.transpose(1, 2).reshape(batch, -1, d)))
         return x + self.residual_dropout(self.ffn(self.norm_ffn(x)))
@@ -276,10 +287,11 @@ class TransformerEncoder(nn.Module):
         inner_size: int,
         residual_dropout: float,
         attn_dropout: float,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerBlock(hidden_size, num_heads, inner_size, residual_dropout, attn_dropout)
+            TransformerBlock(hidden_size, num_heads, inner_size, residual_dropout, attn_dropout, qk_norm)
             for _ in range(num_layers)
         )
 

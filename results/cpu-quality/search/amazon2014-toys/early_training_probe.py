@@ -8,6 +8,7 @@ trainer. Run from the project root; extra ``--key=value`` pairs override the pla
     OMP_NUM_THREADS=1 python results/cpu-quality/search/amazon2014-toys/early_training_probe.py \
         --hidden_size=192 --inner_size=768 --steps=300 [--token_scale=25]
 
+Model keys (e.g. ``--n_heads=4 --attn_qk_norm=True``) and ``--adam_beta2`` apply as in a run.
 ``--token_scale`` multiplies the initial token table (ACERec's forward pass does not depend on the
 tokens' scale: they are LayerNorm-ed at the input and normalised at the output; only Adam's relative
 step size changes).
@@ -48,7 +49,8 @@ def main() -> None:
     model = config.model_class(config, train.dataset)
     with torch.no_grad():
         model.tokens.weight.mul_(token_scale)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0)
+    beta2 = 0.999 if config["adam_beta2"] is None else config["adam_beta2"]
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0, betas=(0.9, beta2))
     total = config["epochs"] * len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
     print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} steps/epoch={len(train)}")
