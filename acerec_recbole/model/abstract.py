@@ -113,12 +113,12 @@ class SemanticIDRecommender(SequentialRecommender):
         self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.encoder = TransformerEncoder(
             config["n_layers"],
-            self.hidden_size,
-            config["n_heads"],
-            config["inner_size"],
-            residual_dropout,
-            config["attn_dropout_prob"],
-            bool(config["attn_qk_norm"]),
+            hidden_size=self.hidden_size,
+            num_heads=config["n_heads"],
+            inner_size=config["inner_size"],
+            residual_dropout=residual_dropout,
+            attn_dropout=config["attn_dropout_prob"],
+            qk_norm=bool(config["attn_qk_norm"]),
         )
         self.output_norm = nn.LayerNorm(self.hidden_size)
         self.register_buffer(

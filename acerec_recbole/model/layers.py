@@ -5,6 +5,8 @@ Shapes: m = digits per item, M = codes per digit, d = hidden size, k = latents p
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -277,23 +279,14 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of TransformerBlocks sharing one attention mask; ``queries`` apply to the last layer."""
+    """A stack of TransformerBlocks sharing one attention mask; ``queries`` apply to the last layer.
 
-    def __init__(
-        self,
-        num_layers: int,
-        hidden_size: int,
-        num_heads: int,
-        inner_size: int,
-        residual_dropout: float,
-        attn_dropout: float,
-        qk_norm: bool = False,
-    ) -> None:
+    ``block_settings`` are TransformerBlock's keyword arguments, the same for every layer.
+    """
+
+    def __init__(self, num_layers: int, **block_settings: Any) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerBlock(hidden_size, num_heads, inner_size, residual_dropout, attn_dropout, qk_norm)
-            for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(TransformerBlock(**block_settings) for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
