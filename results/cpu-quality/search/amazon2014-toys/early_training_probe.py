@@ -31,7 +31,7 @@ from recbole.utils import init_seed  # noqa: E402
 
 from acerec_recbole import Config  # noqa: E402
 from acerec_recbole.model.layers import intent_semantic_alignment_loss  # noqa: E402
-from acerec_recbole.trainer import warmup_cosine  # noqa: E402
+from acerec_recbole.trainer import warmup_cosine, with_adam_beta2  # noqa: E402
 
 
 def main() -> None:
@@ -49,8 +49,9 @@ def main() -> None:
     model = config.model_class(config, train.dataset)
     with torch.no_grad():
         model.tokens.weight.mul_(token_scale)
-    beta2 = 0.999 if config["adam_beta2"] is None else config["adam_beta2"]
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0, betas=(0.9, beta2))
+    optimiser = with_adam_beta2(
+        torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0), config
+    )
     total = config["epochs"] * len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
     print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} steps/epoch={len(train)}")
