@@ -126,6 +126,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "anchor": _one_of("intent", "last"),
     "item_token_norm": _one_of(True, False),
     "attn_qk_norm": _one_of(True, False),
+    "tie_output_tokens": _one_of(True, False),
     "length_bucketing": _one_of(True, False),
     "cpu_memory_reuse": _one_of(True, False),
     "hidden_dropout_prob": _number(0, 1),

@@ -13,7 +13,13 @@ from conftest import build_pipeline
 from acerec_recbole.model.layers import TransformerBlock, length_classes
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
-VARIANTS = [("ACERec", {}), ("ACERec", {"anchor": "last"}), ("ACERec", {"attn_qk_norm": True}), ("RPG", {})]
+VARIANTS = [
+    ("ACERec", {}),
+    ("ACERec", {"anchor": "last"}),
+    ("ACERec", {"attn_qk_norm": True}),
+    ("ACERec", {"tie_output_tokens": False}),
+    ("RPG", {}),
+]
 
 
 def test_length_classes_partition_rows_by_power_of_two_length_or_finer():

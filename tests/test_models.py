@@ -159,6 +159,40 @@ def test_token_init_std_scales_the_token_table_and_acerec_scores_do_not_depend_o
 
 
 @pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
+def test_untied_output_tokens_are_what_the_heads_score_against_and_item_inputs_never_read(
+    toy_data, sid_cache, model_name
+):
+    """Tied (the default): one table, read for the item inputs and scored against by the heads. Untied: the heads
+    get a table of their own; each table then changes one side only, and the MTP loss trains both."""
+    _, _, (train, _, _), tied = build_pipeline(model_name, toy_data, sid_cache)
+    _, _, _, untied = build_pipeline(model_name, toy_data, sid_cache, tie_output_tokens=False)
+    assert tied.output_tokens is None and not any("output_tokens" in name for name in tied.state_dict())
+    assert untied.output_tokens.weight.shape == untied.tokens.weight.shape
+    torch.manual_seed(0)
+    states, items = torch.randn(3, tied.hidden_size), torch.arange(1, tied.n_items)
+
+    def sides(model) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.item_inputs(items), model.digit_log_probs(states)
+
+    tied.eval(), untied.eval()
+    with torch.no_grad():
+        inputs, log_probs = sides(tied)
+        tied.tokens.weight.copy_(torch.randn_like(tied.tokens.weight) * 0.02)
+        assert not torch.allclose(sides(tied)[0], inputs) and not torch.allclose(sides(tied)[1], log_probs)
+
+        inputs, log_probs = sides(untied)
+        untied.output_tokens.weight.copy_(torch.randn_like(untied.output_tokens.weight) * 0.02)
+        new_inputs, new_log_probs = sides(untied)
+        assert torch.equal(new_inputs, inputs) and not torch.allclose(new_log_probs, log_probs)
+        untied.tokens.weight.copy_(torch.randn_like(untied.tokens.weight) * 0.02)
+        assert not torch.allclose(sides(untied)[0], new_inputs) and torch.equal(sides(untied)[1], new_log_probs)
+
+    untied.train()
+    untied.calculate_loss(next(iter(train))).backward()
+    assert float(untied.tokens.weight.grad.abs().sum()) > 0 and float(untied.output_tokens.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("model_name", ["ACERec", "RPG"])
 def test_mtp_logit_adjustment_adds_the_code_prior_in_training_and_leaves_scoring_alone(toy_data, sid_cache, model_name):
     _, _, (train, valid, _), plain = build_pipeline(model_name, toy_data, sid_cache)
     _, _, _, adjusted = build_pipeline(model_name, toy_data, sid_cache, mtp_logit_adjustment=0.5)

@@ -13,7 +13,7 @@ from torch import nn
 
 
 class SemanticTokenEmbedding(nn.Module):
-    """One learned vector per (digit, code) pair: an (m * M) x d table, used at input and tied output."""
+    """One learned vector per (digit, code) pair: an (m * M) x d table, used at input and (tied) output."""
 
     def __init__(self, num_digits: int, codebook_size: int, hidden_size: int, init_std: float = 0.02) -> None:
         super().__init__()
