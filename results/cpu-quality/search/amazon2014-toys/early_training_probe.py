@@ -1,4 +1,4 @@
-"""Probe of ACERec's first training steps on amazon2014-toys (cpu-quality plan, seed 2020).
+"""Probe of ACERec's first training steps on amazon2014-toys (cpu-quality plan, seed 2020 unless ``--seed``).
 
 Prints, every 25 optimiser steps: learning rate, MTP and ISA loss, gradient norm before clipping, the
 mean cosine between the states of a batch (1.0 = every position predicts the same thing) and the
@@ -38,14 +38,15 @@ def main() -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (a.lstrip("-").split("=", 1) for a in sys.argv[1:])}
     steps = int(overrides.pop("steps", 300))
     token_scale = float(overrides.pop("token_scale", 1.0))
+    seed = int(overrides.pop("seed", 2020))
     plan_file = ROOT / "properties/benchmark/amazon2014-toys.yaml"
     plan = yaml.safe_load(plan_file.read_text())["profiles"]["cpu-quality"]
-    settings = {**plan["all"], **plan["ACERec"], "seed": 2020, "reproducibility": True, "show_progress": False}
+    settings = {**plan["all"], **plan["ACERec"], "seed": seed, "reproducibility": True, "show_progress": False}
     settings = {"data_path": str(ROOT.parent / "shared/data"), **settings, **overrides}
     config = Config("ACERec", "amazon2014-toys", config_dict=settings)
-    init_seed(2020, True)
+    init_seed(seed, True)
     train = data_preparation(config, create_dataset(config))[0]
-    init_seed(2020, True)
+    init_seed(seed, True)
     model = config.model_class(config, train.dataset)
     with torch.no_grad():
         model.tokens.weight.mul_(token_scale)
