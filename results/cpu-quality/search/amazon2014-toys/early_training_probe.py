@@ -8,7 +8,8 @@ trainer. Run from the project root; extra ``--key=value`` pairs override the pla
     OMP_NUM_THREADS=1 python results/cpu-quality/search/amazon2014-toys/early_training_probe.py \
         --hidden_size=192 --inner_size=768 --steps=300 [--token_scale=25]
 
-Model keys (e.g. ``--n_heads=4 --attn_qk_norm=True``) and ``--adam_beta2`` apply as in a run.
+Model keys (e.g. ``--n_heads=4 --attn_qk_norm=True``), ``--adam_beta2`` and gamma's annealing
+(``--mtp_temperature_start``) apply as in a run.
 ``--token_scale`` multiplies the initial token table (ACERec's forward pass does not depend on the
 tokens' scale: they are LayerNorm-ed at the input and normalised at the output; only Adam's relative
 step size changes).
@@ -31,7 +32,7 @@ from recbole.utils import init_seed  # noqa: E402
 
 from acerec_recbole import Config  # noqa: E402
 from acerec_recbole.model.layers import intent_semantic_alignment_loss  # noqa: E402
-from acerec_recbole.trainer import warmup_cosine, with_adam_beta2  # noqa: E402
+from acerec_recbole.trainer import annealed_temperature, warmup_cosine, with_adam_beta2  # noqa: E402
 
 
 def main() -> None:
@@ -55,11 +56,20 @@ def main() -> None:
     )
     total = config["epochs"] * len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
-    print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} steps/epoch={len(train)}")
+    gamma, start = None, config["mtp_temperature_start"]
+    if start is not None:  # annealed as the trainer does
+        ratio = config["mtp_temperature_anneal_ratio"]
+        gamma = annealed_temperature(
+            float(start), config["mtp_temperature"], int(total * (0.1 if ratio is None else ratio))
+        )
+    print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} seed={seed}", end=" ")
+    print(f"steps/epoch={len(train)}")
     step, started, window = 0, time.time(), []
     while step < steps:
         for batch in train:
             model.train()
+            if gamma is not None:
+                model.mtp_temperature = gamma(step)
             states, targets = model.training_states(batch)
             mtp = model.token_loss(states, targets)
             candidates, index = torch.unique(targets, return_inverse=True)
