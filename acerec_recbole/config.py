@@ -142,6 +142,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "popularity_beta": _number(0),
     "position_init_std": _number(0),
     "token_init_std": _number(0, low_open=True),
+    "output_token_init_std": _number(0, low_open=True),
     "warmup_ratio": _number(0, 1, high_open=False),
     "ema_decay": _number(0, 1),
     "adam_beta2": _number(0, 1),

@@ -64,6 +64,7 @@ KEYS_ADDED_LATER = {
     "attn_qk_norm": False,
     "adam_beta2": None,
     "tie_output_tokens": True,
+    "output_token_init_std": None,
 }
 # Default of the config key ``state_every_minutes``: how often a training state is saved within an epoch.
 STATE_EVERY_MINUTES = 10.0

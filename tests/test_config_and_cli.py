@@ -195,6 +195,10 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
         ({"mtp_temperature_start": -0.1}, "mtp_temperature_start=-0.1 is not allowed: mtp_temperature_start must be a"),
         ({"mtp_temperature_anneal_ratio": 1.5}, "mtp_temperature_anneal_ratio=1.5 is not allowed"),
         ({"token_init_std": 0}, "token_init_std=0 is not allowed: token_init_std must be a number > 0"),
+        (
+            {"output_token_init_std": -1},
+            "output_token_init_std=-1 is not allowed: output_token_init_std must be a number > 0",
+        ),
         ({"ema_decay": 1.0}, "ema_decay=1.0 is not allowed: ema_decay must be a number >= 0 and < 1"),
         ({"adam_beta2": 1}, "adam_beta2=1 is not allowed: adam_beta2 must be a number >= 0 and < 1"),
         ({"attn_qk_norm": "yes"}, "attn_qk_norm='yes' is not allowed: attn_qk_norm must be one of True, False"),

@@ -72,14 +72,15 @@ class SemanticIDRecommender(SequentialRecommender):
         )
         # the digit logits' side of the vocabulary: the input table itself (tied, the paper) or a table of its own,
         # so that the tokens an item is read from no longer take every output gradient (94-99 % of the gradient at
-        # the start of training on Toys is the tied table's)
-        self.output_tokens = (
-            None
-            if config["tie_output_tokens"] is not False
-            else SemanticTokenEmbedding(
-                self.num_digits, self.codebook_size, self.hidden_size, 0.02 if std is None else float(std)
+        # the start of training on Toys is the tied table's). The heads see it through a cosine, so its init std
+        # only sets Adam's step relative to it (default: the input table's)
+        self.output_tokens = None
+        if config["tie_output_tokens"] is False:
+            output_std = config["output_token_init_std"]
+            output_std = self.tokens.init_std if output_std is None else float(output_std)
+            self.output_tokens = SemanticTokenEmbedding(
+                self.num_digits, self.codebook_size, self.hidden_size, output_std
             )
-        )
         self.heads = ParallelDigitHeads(self.num_digits, self.hidden_size, config["mtp_temperature"])
         # logit adjustment of the MTP loss (Menon et al., ICLR 2021): train on logits + alpha * log prior of
         # each code, score with the plain logits, so codes common among popular items weigh less at
