@@ -164,6 +164,12 @@ def validate_settings(config: dict[str, Any], keys: Any = None) -> None:
         ok, allowed = SETTING_RULES[key]
         if not ok(value):
             raise UsageError(f"{key}={value!r} is not allowed: {key} must be {allowed}.")
+    output_std = config.get("output_token_init_std")
+    if output_std is not None and config.get("tie_output_tokens") is not False:
+        raise UsageError(
+            f"output_token_init_std={output_std!r} applies to an untied output table only: set "
+            "tie_output_tokens: False, or use token_init_std for the tied table."
+        )
 
 
 class Config(RecBoleConfig):

@@ -203,6 +203,10 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
         ({"adam_beta2": 1}, "adam_beta2=1 is not allowed: adam_beta2 must be a number >= 0 and < 1"),
         ({"attn_qk_norm": "yes"}, "attn_qk_norm='yes' is not allowed: attn_qk_norm must be one of True, False"),
         (
+            {"output_token_init_std": 0.1},
+            "output_token_init_std=0.1 applies to an untied output table only: set tie_output_tokens: False",
+        ),
+        (
             {"tie_output_tokens": "no"},
             "tie_output_tokens='no' is not allowed: tie_output_tokens must be one of True, False",
         ),
