@@ -664,6 +664,16 @@ def annealed_temperature(start: float, end: float, anneal_steps: int):
     return temperature
 
 
+def mtp_temperature_schedule(config: Any, total_steps: int):
+    """gamma by optimiser step from ``mtp_temperature_start`` / ``mtp_temperature_anneal_ratio``; None: gamma fixed."""
+    start = config["mtp_temperature_start"]
+    if start is None:
+        return None
+    ratio = config["mtp_temperature_anneal_ratio"]
+    anneal = int(total_steps * (0.1 if ratio is None else ratio))
+    return annealed_temperature(float(start), config["mtp_temperature"], anneal)
+
+
 class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
     """``lr_scheduler: cosine`` (default for ACERec/RPG) or ``none``; ``warmup_ratio`` of all steps.
     ``mtp_temperature_start``: gamma annealed from it to ``mtp_temperature`` over the first
@@ -679,12 +689,7 @@ class SemanticIDTrainer(ResumableTrainerMixin, Trainer):
 
     def build_scheduler(self, train_data: Any) -> Any:
         total = max(1, self.epochs * len(train_data))
-        start = self.config["mtp_temperature_start"]
-        self.temperature_schedule = None
-        if start is not None:
-            ratio = self.config["mtp_temperature_anneal_ratio"]
-            anneal = int(total * (0.1 if ratio is None else ratio))
-            self.temperature_schedule = annealed_temperature(float(start), self.config["mtp_temperature"], anneal)
+        self.temperature_schedule = mtp_temperature_schedule(self.config, total)
         if (self.config["lr_scheduler"] or "none").lower() != "cosine":
             return None
         warmup = max(1, int(total * (self.config["warmup_ratio"] or 0.0)))

@@ -67,9 +67,8 @@ class SemanticIDRecommender(SequentialRecommender):
         # (LayerNorm at the input, cosine logits at the output), so this sets how far Adam's steps (~ lr per
         # entry) move the tokens relative to their size: at 0.02 and lr 0.0027, about 13 % per step
         std = config["token_init_std"]
-        self.tokens = SemanticTokenEmbedding(
-            self.num_digits, self.codebook_size, self.hidden_size, 0.02 if std is None else float(std)
-        )
+        token_std = 0.02 if std is None else float(std)
+        self.tokens = SemanticTokenEmbedding(self.num_digits, self.codebook_size, self.hidden_size, token_std)
         # the digit logits' side of the vocabulary: the input table itself (tied, the paper) or a table of its own,
         # so that the tokens an item is read from no longer take every output gradient (94-99 % of the gradient at
         # the start of training on Toys is the tied table's). The heads see it through a cosine, so its init std
@@ -77,7 +76,7 @@ class SemanticIDRecommender(SequentialRecommender):
         self.output_tokens = None
         if config["tie_output_tokens"] is False:
             output_std = config["output_token_init_std"]
-            output_std = self.tokens.init_std if output_std is None else float(output_std)
+            output_std = token_std if output_std is None else float(output_std)
             self.output_tokens = SemanticTokenEmbedding(
                 self.num_digits, self.codebook_size, self.hidden_size, output_std
             )

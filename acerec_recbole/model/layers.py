@@ -17,7 +17,7 @@ class SemanticTokenEmbedding(nn.Module):
 
     def __init__(self, num_digits: int, codebook_size: int, hidden_size: int, init_std: float = 0.02) -> None:
         super().__init__()
-        self.num_digits, self.codebook_size, self.init_std = num_digits, codebook_size, init_std
+        self.num_digits, self.codebook_size = num_digits, codebook_size
         self.weight = nn.Parameter(torch.randn(num_digits * codebook_size, hidden_size) * init_std)
         self.register_buffer("digit_offsets", torch.arange(num_digits) * codebook_size, persistent=False)
 

@@ -32,7 +32,7 @@ from recbole.utils import init_seed  # noqa: E402
 
 from acerec_recbole import Config  # noqa: E402
 from acerec_recbole.model.layers import intent_semantic_alignment_loss  # noqa: E402
-from acerec_recbole.trainer import annealed_temperature, warmup_cosine, with_adam_beta2  # noqa: E402
+from acerec_recbole.trainer import mtp_temperature_schedule, warmup_cosine, with_adam_beta2  # noqa: E402
 
 
 def main() -> None:
@@ -56,12 +56,7 @@ def main() -> None:
     )
     total = config["epochs"] * len(train)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
-    gamma, start = None, config["mtp_temperature_start"]
-    if start is not None:  # annealed as the trainer does
-        ratio = config["mtp_temperature_anneal_ratio"]
-        gamma = annealed_temperature(
-            float(start), config["mtp_temperature"], int(total * (0.1 if ratio is None else ratio))
-        )
+    gamma = mtp_temperature_schedule(config, total)  # annealed as the trainer does
     print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} seed={seed}", end=" ")
     print(f"steps/epoch={len(train)}")
     step, started, window = 0, time.time(), []
