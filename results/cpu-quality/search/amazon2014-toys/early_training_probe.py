@@ -10,6 +10,8 @@ trainer. Run from the project root; extra ``--key=value`` pairs override the pla
 
 Model keys (e.g. ``--n_heads=4 --attn_qk_norm=True``), ``--adam_beta2`` and gamma's annealing
 (``--mtp_temperature_start``) apply as in a run.
+``--token_warmup_ratio=R`` gives the token tables (input and, untied, output) their own warm-up over R of
+all steps, the other parameters keep ``warmup_ratio``.
 ``--token_scale`` multiplies the initial token table (ACERec's forward pass does not depend on the
 tokens' scale: they are LayerNorm-ed at the input and normalised at the output; only Adam's relative
 step size changes).
@@ -40,6 +42,7 @@ def main() -> None:
     steps = int(overrides.pop("steps", 300))
     token_scale = float(overrides.pop("token_scale", 1.0))
     seed = int(overrides.pop("seed", 2020))
+    token_warmup_ratio = overrides.pop("token_warmup_ratio", None)  # the token tables' own, longer warm-up
     plan_file = ROOT / "properties/benchmark/amazon2014-toys.yaml"
     plan = yaml.safe_load(plan_file.read_text())["profiles"]["cpu-quality"]
     settings = {**plan["all"], **plan["ACERec"], "seed": seed, "reproducibility": True, "show_progress": False}
@@ -51,11 +54,18 @@ def main() -> None:
     model = config.model_class(config, train.dataset)
     with torch.no_grad():
         model.tokens.weight.mul_(token_scale)
+    token_tables = [p for n, p in model.named_parameters() if n.split(".")[0] in ("tokens", "output_tokens")]
+    others = [p for n, p in model.named_parameters() if n.split(".")[0] not in ("tokens", "output_tokens")]
     optimiser = with_adam_beta2(
-        torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.0), config
+        torch.optim.AdamW([{"params": others}, {"params": token_tables}], lr=config["learning_rate"], weight_decay=0.0),
+        config,
     )
     total = config["epochs"] * len(train)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total, int(total * config["warmup_ratio"])))
+    warmup = int(total * config["warmup_ratio"])
+    token_warmup = int(total * token_warmup_ratio) if token_warmup_ratio is not None else warmup
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, [warmup_cosine(total, warmup), warmup_cosine(total, token_warmup)]
+    )
     gamma = mtp_temperature_schedule(config, total)  # annealed as the trainer does
     print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} seed={seed}", end=" ")
     print(f"steps/epoch={len(train)}")
@@ -85,7 +95,8 @@ def main() -> None:
                 mean = [sum(values) / len(values) for values in zip(*window)]
                 top = sorted(grads.items(), key=lambda kv: -kv[1])[:3]
                 print(
-                    f"step {step} lr {schedule.get_last_lr()[0]:.5f} mtp {mean[0]:.3f} isa {mean[1]:.3f} "
+                    f"step {step} lr {schedule.get_last_lr()[0]:.5f} token-lr {schedule.get_last_lr()[1]:.5f} "
+                    f"mtp {mean[0]:.3f} isa {mean[1]:.3f} "
                     f"grad-norm {mean[2]:.2f} state-cos {mean[3]:.3f} largest {[(n, round(g, 2)) for n, g in top]} "
                     f"{time.time() - started:.0f}s",
                     flush=True,
