@@ -12,6 +12,8 @@ Model keys (e.g. ``--n_heads=4 --attn_qk_norm=True``), ``--adam_beta2`` and gamm
 (``--mtp_temperature_start``) apply as in a run.
 ``--token_warmup_ratio=R`` gives the token tables (input and, untied, output) their own warm-up over R of
 all steps, the other parameters keep ``warmup_ratio``.
+``--skip_spike_factor=F`` skips the update of any step whose gradient norm before clipping exceeds F times the
+median of the last 100 steps' (the weights and Adam's moments never see that batch).
 ``--token_scale`` multiplies the initial token table (ACERec's forward pass does not depend on the
 tokens' scale: they are LayerNorm-ed at the input and normalised at the output; only Adam's relative
 step size changes).
@@ -43,6 +45,7 @@ def main() -> None:
     token_scale = float(overrides.pop("token_scale", 1.0))
     seed = int(overrides.pop("seed", 2020))
     token_warmup_ratio = overrides.pop("token_warmup_ratio", None)  # the token tables' own, longer warm-up
+    skip_factor = overrides.pop("skip_spike_factor", None)  # skip steps whose gradient norm is this x the median
     plan_file = ROOT / "properties/benchmark/amazon2014-toys.yaml"
     plan = yaml.safe_load(plan_file.read_text())["profiles"]["cpu-quality"]
     settings = {**plan["all"], **plan["ACERec"], "seed": seed, "reproducibility": True, "show_progress": False}
@@ -69,7 +72,7 @@ def main() -> None:
     gamma = mtp_temperature_schedule(config, total)  # annealed as the trainer does
     print(f"d={config['hidden_size']} lr={config['learning_rate']} token_scale={token_scale} seed={seed}", end=" ")
     print(f"steps/epoch={len(train)}")
-    step, started, window = 0, time.time(), []
+    step, started, window, recent_norms, skipped = 0, time.time(), [], [], 0
     while step < steps:
         for batch in train:
             model.train()
@@ -86,7 +89,16 @@ def main() -> None:
             (mtp + model.isa_weight * isa).backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             grads = {n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None}
-            optimiser.step()
+            spike = (
+                skip_factor is not None
+                and len(recent_norms) >= 25
+                and float(norm) > float(skip_factor) * float(torch.tensor(recent_norms).median())
+            )
+            recent_norms = (recent_norms + [float(norm)])[-100:]
+            if spike:  # neither the weights nor Adam's moments see this batch
+                skipped += 1
+            else:
+                optimiser.step()
             schedule.step()
             step += 1
             unit = torch.nn.functional.normalize(states.detach()[:256], dim=-1)
@@ -98,7 +110,7 @@ def main() -> None:
                     f"step {step} lr {schedule.get_last_lr()[0]:.5f} token-lr {schedule.get_last_lr()[1]:.5f} "
                     f"mtp {mean[0]:.3f} isa {mean[1]:.3f} "
                     f"grad-norm {mean[2]:.2f} state-cos {mean[3]:.3f} largest {[(n, round(g, 2)) for n, g in top]} "
-                    f"{time.time() - started:.0f}s",
+                    f"skipped {skipped} {time.time() - started:.0f}s",
                     flush=True,
                 )
                 window = []
