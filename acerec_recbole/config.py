@@ -144,6 +144,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "token_init_std": _number(0, low_open=True),
     "output_token_init_std": _number(0, low_open=True),
     "warmup_ratio": _number(0, 1, high_open=False),
+    "warmup_steps": _integer(1),
     "ema_decay": _number(0, 1),
     "adam_beta2": _number(0, 1),
     "sid_num_digits": _integer(1),

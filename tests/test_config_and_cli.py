@@ -200,6 +200,7 @@ def test_usage_mistakes_exit_2_with_one_message_and_no_traceback(argument, messa
             "output_token_init_std=-1 is not allowed: output_token_init_std must be a number > 0",
         ),
         ({"ema_decay": 1.0}, "ema_decay=1.0 is not allowed: ema_decay must be a number >= 0 and < 1"),
+        ({"warmup_steps": 0}, "warmup_steps=0 is not allowed: warmup_steps must be an integer >= 1"),
         ({"adam_beta2": 1}, "adam_beta2=1 is not allowed: adam_beta2 must be a number >= 0 and < 1"),
         ({"attn_qk_norm": "yes"}, "attn_qk_norm='yes' is not allowed: attn_qk_norm must be one of True, False"),
         (

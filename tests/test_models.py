@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from recbole.utils.case_study import full_sort_topk
 from acerec_recbole import run
 from acerec_recbole.data import TARGET_SEQ_FIELD
 from acerec_recbole.data.dataset import training_windows
+from acerec_recbole.errors import UsageError
 from acerec_recbole.trainer import SemanticIDTrainer, annealed_temperature, load_checkpoint, warmup_cosine
 
 
@@ -21,6 +23,30 @@ def test_warmup_cosine_schedule():
     factor = warmup_cosine(total_steps=100, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("epochs", [2, 4])
+def test_warmup_steps_hold_the_warm_up_whatever_the_epochs(toy_data, sid_cache, epochs):
+    config, _, (train, _, _), model = build_pipeline("ACERec", toy_data, sid_cache, epochs=epochs, warmup_steps=3)
+    factor = SemanticIDTrainer(config, model).build_scheduler(train).lr_lambdas[0]
+    total = epochs * len(train)
+    assert total > 6
+    assert [factor(step) for step in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    assert 0 < factor(total - 1) < factor(total // 2) < 1 and factor(total) == pytest.approx(0.0)
+
+
+def test_warmup_ratio_moves_with_the_epochs_when_no_steps_are_given(toy_data, sid_cache):
+    config, _, (train, _, _), model = build_pipeline("ACERec", toy_data, sid_cache, epochs=4, warmup_ratio=0.5)
+    factor = SemanticIDTrainer(config, model).build_scheduler(train).lr_lambdas[0]
+    warmup = int(4 * len(train) * 0.5)
+    assert factor(0) == pytest.approx(1 / warmup) and factor(warmup - 1) == pytest.approx(1.0)
+
+
+def test_warmup_steps_as_long_as_the_training_are_refused_naming_both_lengths(toy_data, sid_cache):
+    config, _, (train, _, _), model = build_pipeline("ACERec", toy_data, sid_cache, epochs=1, warmup_steps=10**6)
+    message = f"warmup_steps=1000000 is not shorter than the whole training ({len(train)} optimiser steps)"
+    with pytest.raises(UsageError, match=re.escape(message)):
+        SemanticIDTrainer(config, model).build_scheduler(train)
 
 
 def test_annealed_temperature_goes_linearly_from_start_to_end_then_holds():
